@@ -1,0 +1,445 @@
+//! Events: what a publisher sends, as every handler and store sees it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::time::Timestamp;
+use crate::topic::Topic;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A new time-ordered (UUIDv7) id.
+            pub fn new() -> Self {
+                $name(Uuid::now_v7())
+            }
+
+            /// The id from its UUID.
+            pub const fn from_uuid(id: Uuid) -> Self {
+                $name(id)
+            }
+
+            /// The id as a UUID.
+            pub const fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, uuid::Error> {
+                Uuid::parse_str(s).map($name)
+            }
+        }
+    };
+}
+
+uuid_id! {
+    /// An event's id: a UUIDv7, so ids sort in publication order.
+    ///
+    /// ```
+    /// use herald_core::EventId;
+    /// let a = EventId::new();
+    /// let b = EventId::new();
+    /// assert!(a < b);
+    /// assert_eq!(a.to_string().parse::<EventId>().unwrap(), a);
+    /// ```
+    EventId
+}
+
+uuid_id! {
+    /// A delivery's id: one event handed to one subscription.
+    DeliveryId
+}
+
+/// How urgent an event is: among due deliveries of a subscription, higher priorities run first.
+///
+/// Any value in `0..=10`; the named levels are those of the seed systems.
+///
+/// ```
+/// use herald_core::Priority;
+/// assert!(Priority::CRITICAL > Priority::HIGH);
+/// assert_eq!(Priority::new(7).unwrap().get(), 7);
+/// assert!(Priority::new(11).is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Priority(u8);
+
+/// A priority outside `0..=10`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("priority {0} is out of range: use 0..=10 (low 1, normal 5, high 8, critical 10)")]
+pub struct PriorityError(pub u8);
+
+impl Priority {
+    /// The lowest priority, 0.
+    pub const MIN: Priority = Priority(0);
+    /// Low: 1.
+    pub const LOW: Priority = Priority(1);
+    /// Normal: 5, the default.
+    pub const NORMAL: Priority = Priority(5);
+    /// High: 8.
+    pub const HIGH: Priority = Priority(8);
+    /// Critical: 10, the highest.
+    pub const CRITICAL: Priority = Priority(10);
+
+    /// A priority from `0..=10`.
+    pub const fn new(p: u8) -> Result<Self, PriorityError> {
+        if p <= 10 {
+            Ok(Priority(p))
+        } else {
+            Err(PriorityError(p))
+        }
+    }
+
+    /// Its value in `0..=10`.
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::NORMAL
+    }
+}
+
+impl TryFrom<u8> for Priority {
+    type Error = PriorityError;
+    fn try_from(p: u8) -> Result<Self, PriorityError> {
+        Priority::new(p)
+    }
+}
+
+impl From<Priority> for u8 {
+    fn from(p: Priority) -> u8 {
+        p.0
+    }
+}
+
+/// String headers carried with an event: trace context, user metadata. Keys are unique.
+///
+/// ```
+/// use herald_core::Headers;
+/// let mut h = Headers::new();
+/// h.insert("traceparent", "00-abc-def-01");
+/// h.insert("tenant", "acme");
+/// assert_eq!(h.get("tenant"), Some("acme"));
+/// assert_eq!(h.len(), 2);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// Sets `key` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let (key, value) = (key.into(), value.into());
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Every header in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (k, v) in iter {
+            h.insert(k, v);
+        }
+        h
+    }
+}
+
+/// The content type of a payload when none is given.
+pub const JSON: &str = "application/json";
+
+/// An event, as handlers and stores see it. Cheap to clone (the payload is reference-counted).
+///
+/// Build one through [`Herald::publish`](crate::Herald::publish); stores rebuild one with
+/// [`Event::from_parts`].
+///
+/// ```
+/// use herald_core::{Event, EventParts, Topic};
+/// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, r#"{"id":7}"#));
+/// assert_eq!(event.topic().as_str(), "order.paid");
+/// assert_eq!(event.content_type(), "application/json");
+/// # Ok::<(), herald_core::TopicError>(())
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    id: EventId,
+    topic: Topic,
+    payload: Bytes,
+    published_at: Timestamp,
+    deliver_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    priority: Priority,
+    // What most events lack lives behind one pointer, so a scheduled event stays small in memory.
+    extra: Option<Arc<Extra>>,
+}
+
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Extra {
+    content_type: Option<String>,
+    source: Option<String>,
+    key: Option<String>,
+    reply_to: Option<String>,
+    headers: Headers,
+}
+
+/// Every field of an [`Event`], public: for stores that write events out and read them back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventParts {
+    /// The event's id.
+    pub id: EventId,
+    /// Its topic.
+    pub topic: Topic,
+    /// Its payload bytes.
+    pub payload: Bytes,
+    /// The payload's media type; `None` means JSON.
+    pub content_type: Option<String>,
+    /// Who published it (CloudEvents `source`).
+    pub source: Option<String>,
+    /// Headers.
+    pub headers: Headers,
+    /// Its priority.
+    pub priority: Priority,
+    /// When it was published.
+    pub published_at: Timestamp,
+    /// When it is due; `published_at` for an immediate event.
+    pub deliver_at: Timestamp,
+    /// When it expires unhandled, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// Its idempotency key.
+    pub key: Option<String>,
+    /// Where a reply goes: set on requests.
+    pub reply_to: Option<String>,
+}
+
+impl EventParts {
+    /// An immediate event of normal priority with a fresh id, published at the system time now.
+    pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
+        let now = Timestamp::now_system();
+        EventParts {
+            id: EventId::new(),
+            topic,
+            payload: payload.into(),
+            content_type: None,
+            source: None,
+            headers: Headers::new(),
+            priority: Priority::NORMAL,
+            published_at: now,
+            deliver_at: now,
+            expires_at: None,
+            key: None,
+            reply_to: None,
+        }
+    }
+}
+
+impl Event {
+    /// Builds an event from its parts.
+    pub fn from_parts(p: EventParts) -> Self {
+        let extra = Extra {
+            content_type: p.content_type.filter(|c| c != JSON),
+            source: p.source,
+            key: p.key,
+            reply_to: p.reply_to,
+            headers: p.headers,
+        };
+        Event {
+            id: p.id,
+            topic: p.topic,
+            payload: p.payload,
+            published_at: p.published_at,
+            deliver_at: p.deliver_at,
+            expires_at: p.expires_at,
+            priority: p.priority,
+            extra: (extra != Extra::default()).then(|| Arc::new(extra)),
+        }
+    }
+
+    /// Its parts.
+    pub fn into_parts(self) -> EventParts {
+        let extra = self.extra.map(|e| Arc::unwrap_or_clone(e)).unwrap_or_default();
+        EventParts {
+            id: self.id,
+            topic: self.topic,
+            payload: self.payload,
+            content_type: extra.content_type,
+            source: extra.source,
+            headers: extra.headers,
+            priority: self.priority,
+            published_at: self.published_at,
+            deliver_at: self.deliver_at,
+            expires_at: self.expires_at,
+            key: extra.key,
+            reply_to: extra.reply_to,
+        }
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// Its topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Its payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The payload's media type (`application/json` unless the publisher said otherwise).
+    pub fn content_type(&self) -> &str {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.content_type.as_deref())
+            .unwrap_or(JSON)
+    }
+
+    /// Who published it, if the publisher said.
+    pub fn source(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.source.as_deref())
+    }
+
+    /// Its headers.
+    pub fn headers(&self) -> &Headers {
+        static EMPTY: Headers = Headers::new();
+        self.extra.as_ref().map_or(&EMPTY, |e| &e.headers)
+    }
+
+    /// Its priority.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// When it was published.
+    pub fn published_at(&self) -> Timestamp {
+        self.published_at
+    }
+
+    /// When it is due.
+    pub fn deliver_at(&self) -> Timestamp {
+        self.deliver_at
+    }
+
+    /// When it expires unhandled, if ever.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.expires_at
+    }
+
+    /// Whether it has expired at `now`.
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Its idempotency key.
+    pub fn key(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.key.as_deref())
+    }
+
+    /// Where a reply goes; set on requests.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.reply_to.as_deref())
+    }
+
+    /// Decodes the JSON payload.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("payload_len", &self.payload.len())
+            .field("priority", &self.priority)
+            .field("deliver_at", &self.deliver_at)
+            .field("expires_at", &self.expires_at)
+            .field("key", &self.key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.topic == other.topic
+            && self.payload == other.payload
+            && self.published_at == other.published_at
+            && self.deliver_at == other.deliver_at
+            && self.expires_at == other.expires_at
+            && self.priority == other.priority
+            && self.extra.as_deref().unwrap_or(&Extra::default()) == other.extra.as_deref().unwrap_or(&Extra::default())
+    }
+}
+
+impl Eq for Event {}

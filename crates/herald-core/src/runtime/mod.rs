@@ -1,0 +1,487 @@
+//! The runtime: publishing, dispatch to handlers, the timer, request/reply and shutdown.
+//!
+//! One [`Herald`] per process shares one [`Store`]. Each local subscription has a dispatcher that
+//! claims due deliveries up to its free capacity; each claimed delivery runs in its own task under
+//! the subscription's timeout; one timer sleeps until the earliest due time the store knows of.
+
+mod dispatch;
+mod publish;
+mod query;
+mod subscribe;
+mod timer;
+mod worker;
+
+pub use publish::{Message, Publish, Request};
+pub use query::EventsQuery;
+pub use subscribe::{Subscription, SubscriptionBuilder};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify, OnceCell, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::event::{DeliveryId, EventId};
+use crate::metrics::Metrics;
+use crate::store::{CancelAs, Cancelled, EventRecord, MemoryStore, Requeued, Stats, Store, StoreError};
+use crate::time::{Clock, Timestamp};
+use crate::topic::{SubscriptionName, Topic};
+
+use subscribe::LocalSub;
+
+/// The topic herald publishes to when a delivery dies; the payload is a [`DeadLetter`].
+pub const DEAD_LETTER_TOPIC: &str = "herald.event.dead";
+/// The topic herald publishes to when it starts; the payload is a [`Lifecycle`].
+pub const STARTUP_TOPIC: &str = "system.startup";
+/// The topic herald publishes to when it starts shutting down; the payload is a [`Lifecycle`].
+pub const SHUTDOWN_TOPIC: &str = "system.shutdown";
+
+/// The payload of a `herald.event.dead` event: a delivery died.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The event whose delivery died.
+    pub event_id: EventId,
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// The event's topic.
+    pub topic: Topic,
+    /// The subscription that gave up.
+    pub subscription: SubscriptionName,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// Why it died.
+    pub reason: String,
+}
+
+/// The payload of `system.startup` and `system.shutdown`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Lifecycle {
+    /// The node (process) that started or is stopping.
+    pub node: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// What [`Herald::shutdown`] left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Attempts that finished during the drain.
+    pub drained: usize,
+    /// Attempts still running at the deadline: they were stopped and their deliveries released,
+    /// to run again (in a durable store: on the next start or another node).
+    pub interrupted: usize,
+    /// Deliveries not finished in the store when the runtime stopped, if the store can tell.
+    pub unfinished: Option<u64>,
+}
+
+/// Configures and starts a [`Herald`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, MemoryStore};
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder()
+///     .store(MemoryStore::new())
+///     .workers(32)
+///     .max_pending(50_000)
+///     .build()
+///     .await?;
+/// herald.shutdown(Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct HeraldBuilder {
+    store: Option<Arc<dyn Store>>,
+    workers: usize,
+    max_pending: Option<u64>,
+    lease: Duration,
+    system_events: bool,
+    retention: Option<Duration>,
+    node: Option<String>,
+}
+
+impl fmt::Debug for HeraldBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeraldBuilder")
+            .field("store", &self.store)
+            .field("workers", &self.workers)
+            .field("max_pending", &self.max_pending)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeraldBuilder {
+    /// The store (default: a new [`MemoryStore`]).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A store already shared.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// How many handlers may run at once across all subscriptions (default: 64). Each
+    /// subscription's own `concurrency` limit applies inside this one.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// How many unfinished deliveries (scheduled ones included) the store may hold before
+    /// `publish` waits and `try_publish` fails with `Full` (default: 100,000). Stores that cannot
+    /// count cheaply (see [`Store::backlog`]) are not bounded.
+    pub fn max_pending(mut self, n: u64) -> Self {
+        self.max_pending = Some(n);
+        self
+    }
+
+    /// Publishes never wait for room.
+    pub fn unbounded(mut self) -> Self {
+        self.max_pending = None;
+        self
+    }
+
+    /// The default lease of a claimed delivery (default: 30 s). A worker extends it while the
+    /// handler runs; if the worker dies, the delivery comes back when it runs out.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d;
+        self
+    }
+
+    /// Whether to publish `system.startup`, `system.shutdown` and `herald.event.dead` (default: on).
+    pub fn system_events(mut self, on: bool) -> Self {
+        self.system_events = on;
+        self
+    }
+
+    /// Deletes finished events older than this from the store, checked every minute (default:
+    /// off; the memory store has its own bound, see [`MemoryStore::builder`]).
+    pub fn retention(mut self, d: Duration) -> Self {
+        self.retention = Some(d);
+        self
+    }
+
+    /// This process's name in leases and lifecycle events (default: `pid-<pid>-<random>`).
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    /// Starts the runtime: the timer, maintenance, and `system.startup`.
+    pub async fn build(self) -> Result<Herald, Error> {
+        if self.workers == 0 {
+            return Err(Error::Config("workers must be at least 1"));
+        }
+        if self.lease < Duration::from_millis(10) {
+            return Err(Error::Config("the lease must be at least 10 ms"));
+        }
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let clock = store.clock();
+        let node = self
+            .node
+            .unwrap_or_else(|| format!("pid-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        let inner = Arc::new(Inner {
+            wakeups: Mutex::new(Some(store.wakeups())),
+            store,
+            clock,
+            node,
+            workers: Arc::new(Semaphore::new(self.workers)),
+            worker_count: self.workers,
+            max_pending: self.max_pending,
+            lease: self.lease,
+            system_events: self.system_events,
+            retention: self.retention,
+            subs: RwLock::new(Vec::new()),
+            replies: Mutex::new(HashMap::new()),
+            topics: RwLock::new(HashMap::new()),
+            room: Notify::new(),
+            timer_refresh: Notify::new(),
+            closing: AtomicBool::new(false),
+            stop_claiming: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+            attempts: TaskTracker::new(),
+            background: TaskTracker::new(),
+            shutdown: OnceCell::new(),
+            metrics: Metrics::new(),
+        });
+        inner.background.spawn(timer::run(inner.clone()));
+        inner.background.spawn(maintain(inner.clone()));
+        let herald = Herald { inner };
+        if herald.inner.system_events {
+            herald.inner.publish_lifecycle(STARTUP_TOPIC).await?;
+        }
+        Ok(herald)
+    }
+}
+
+/// What a reply waiter receives.
+pub(crate) enum Answer {
+    Reply(Bytes),
+    Failed(String),
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Clock,
+    pub(crate) node: String,
+    pub(crate) workers: Arc<Semaphore>,
+    pub(crate) worker_count: usize,
+    pub(crate) max_pending: Option<u64>,
+    pub(crate) lease: Duration,
+    pub(crate) system_events: bool,
+    retention: Option<Duration>,
+    pub(crate) subs: RwLock<Vec<Arc<LocalSub>>>,
+    pub(crate) replies: Mutex<HashMap<EventId, oneshot::Sender<Answer>>>,
+    pub(crate) topics: RwLock<HashMap<Topic, metrics::Counter>>,
+    /// Signalled when deliveries finish, for publishers waiting for room.
+    pub(crate) room: Notify,
+    /// Signalled when the timer should ask the store again (a new subscription).
+    pub(crate) timer_refresh: Notify,
+    pub(crate) closing: AtomicBool,
+    pub(crate) stop_claiming: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) stopped: CancellationToken,
+    pub(crate) wakeups: Mutex<Option<futures_util::stream::BoxStream<'static, crate::store::Wakeup>>>,
+    pub(crate) attempts: TaskTracker,
+    background: TaskTracker,
+    shutdown: OnceCell<ShutdownReport>,
+    pub(crate) metrics: Metrics,
+}
+
+impl Inner {
+    /// Wakes every local dispatcher: something may be due.
+    pub(crate) fn notify_dispatchers(&self) {
+        for sub in self.subs_snapshot() {
+            sub.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn subs_snapshot(&self) -> Vec<Arc<LocalSub>> {
+        self.subs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn answer(&self, id: EventId, answer: Answer) {
+        let waiter = self.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some(tx) = waiter {
+            // The requester may have timed out and gone: nothing to do then.
+            let _ = tx.send(answer);
+        }
+    }
+
+    pub(crate) fn has_waiter(&self, id: EventId) -> bool {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+    }
+
+    async fn publish_lifecycle(&self, topic: &'static str) -> Result<EventId, Error> {
+        let payload = Lifecycle {
+            node: self.node.clone(),
+            at: self.clock.now(),
+        };
+        let id = self
+            .publish_one(Message::json(topic, &payload), publish::Room::Ignore)
+            .await?;
+        Ok(id.id())
+    }
+
+    /// Waits until every delivery of `id` is finished, or until `deadline`.
+    async fn wait_finished(&self, id: EventId, deadline: Instant) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.store.get(id).await {
+                Ok(Some(rec)) if !rec.status.is_finished() => {}
+                _ => return,
+            }
+            tokio::select! {
+                _ = &mut room => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
+/// The event bus: publish, subscribe, request, query, shut down. Cheap to clone; every clone is
+/// the same runtime.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, HandlerError, Context};
+/// use serde::{Deserialize, Serialize};
+/// use std::time::Duration;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct OrderPaid { order: u64 }
+///
+/// let herald = Herald::builder().build().await?;
+/// herald
+///     .subscribe("billing", "order.paid")
+///     .max_attempts(5)
+///     .handle(|paid: OrderPaid, ctx: Context| async move {
+///         println!("order {} paid (attempt {})", paid.order, ctx.attempt());
+///         Ok::<_, HandlerError>(())
+///     })
+///     .await?;
+/// let id = herald.publish("order.paid", &OrderPaid { order: 7 }).await?;
+/// let later = herald.publish("order.paid", &OrderPaid { order: 8 }).delay(Duration::from_secs(60)).await?;
+/// herald.cancel(later).await?;
+/// herald.shutdown(Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Herald {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Herald {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Herald")
+            .field("node", &self.inner.node)
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Herald {
+    /// Configures a runtime.
+    pub fn builder() -> HeraldBuilder {
+        HeraldBuilder {
+            store: None,
+            workers: 64,
+            max_pending: Some(100_000),
+            lease: Duration::from_secs(30),
+            system_events: true,
+            retention: None,
+            node: None,
+        }
+    }
+
+    /// The store this runtime uses.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The clock due times are judged by.
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    /// This process's name in leases and lifecycle events.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Cancels every delivery of the event that has not started. Deliveries already running
+    /// finish.
+    pub async fn cancel(&self, id: EventId) -> Result<Cancelled, StoreError> {
+        let out = self.inner.store.cancel(id, CancelAs::Cancelled).await?;
+        if let Cancelled::Ended(n) = out {
+            self.inner.metrics.cancelled.increment(u64::from(n));
+            self.inner.room.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    /// Requeues a dead delivery: it becomes pending, due now, for one more attempt (its history is
+    /// kept and its attempt count goes on from where it stopped).
+    pub async fn retry(&self, delivery: DeliveryId) -> Result<Requeued, StoreError> {
+        self.inner.store.retry(delivery).await
+    }
+
+    /// One event with its deliveries and their attempts.
+    pub async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
+        self.inner.store.get(id).await
+    }
+
+    /// Counts by status.
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        self.inner.store.stats().await
+    }
+
+    /// Stops the runtime: publishes `system.shutdown` (and waits for its handlers), stops claiming,
+    /// lets running attempts finish until `within` has passed, then stops the rest and releases
+    /// their deliveries. Calling it again returns the first report.
+    pub async fn shutdown(&self, within: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        *inner
+            .shutdown
+            .get_or_init(|| async {
+                let deadline = Instant::now() + within;
+                inner.closing.store(true, Ordering::SeqCst);
+                if inner.system_events {
+                    if let Ok(id) = inner.publish_lifecycle(SHUTDOWN_TOPIC).await {
+                        inner.wait_finished(id, deadline).await;
+                    }
+                }
+                inner.stop_claiming.cancel();
+                let before = inner.attempts.len();
+                inner.attempts.close();
+                let drained_in_time = tokio::select! {
+                    _ = inner.attempts.wait() => true,
+                    _ = tokio::time::sleep_until(deadline) => false,
+                };
+                let interrupted = if drained_in_time { 0 } else { inner.attempts.len() };
+                inner.hard_stop.cancel();
+                inner.attempts.wait().await;
+                inner.stopped.cancel();
+                inner.background.close();
+                inner.background.wait().await;
+                // Requests still waiting get `ShuttingDown`.
+                inner.replies.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                ShutdownReport {
+                    drained: before.saturating_sub(interrupted),
+                    interrupted,
+                    unfinished: inner.store.backlog(),
+                }
+            })
+            .await
+    }
+}
+
+/// Periodic upkeep: status gauges and, when configured, retention.
+async fn maintain(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge = Instant::now();
+    loop {
+        tokio::select! {
+            _ = inner.stopped.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(stats) = inner.store.stats().await {
+            inner.metrics.record_stats(&stats);
+        }
+        if let Some(keep) = inner.retention {
+            if last_purge.elapsed() >= Duration::from_secs(60) {
+                last_purge = Instant::now();
+                let before = Timestamp::from_millis(
+                    inner
+                        .clock
+                        .now()
+                        .as_millis()
+                        .saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
+                );
+                if let Err(e) = inner.store.purge(before).await {
+                    tracing::warn!(error = %e, "herald: retention purge failed; will try again");
+                }
+            }
+        }
+    }
+}

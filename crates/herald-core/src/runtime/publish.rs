@@ -1,0 +1,477 @@
+//! Publishing: the message builder, backpressure, and request/reply.
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::{Answer, Herald, Inner};
+use crate::error::{PublishError, RequestError};
+use crate::event::{Event, EventId, EventParts, Headers, Priority};
+use crate::store::{CancelAs, Published};
+use crate::time::Timestamp;
+use crate::topic::Topic;
+
+#[derive(Clone, Copy, Debug)]
+enum When {
+    Now,
+    After(Duration),
+    At(Timestamp),
+}
+
+/// An event to publish, with its options: the unit of [`Herald::publish_batch`].
+///
+/// Errors (an invalid topic, a payload that does not encode) are kept and reported when the
+/// message is published, so options chain without `?` at every step.
+///
+/// ```
+/// use herald_core::{Message, Priority};
+/// use std::time::Duration;
+///
+/// let m = Message::json("order.paid", &serde_json::json!({"order": 7}))
+///     .priority(Priority::HIGH)
+///     .delay(Duration::from_secs(30))
+///     .ttl(Duration::from_secs(600))
+///     .key("order-7-paid")
+///     .header("tenant", "acme");
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a message does nothing until it is published"]
+pub struct Message {
+    topic: String,
+    payload: Result<Bytes, String>,
+    content_type: Option<String>,
+    priority: Priority,
+    when: When,
+    ttl: Option<Duration>,
+    key: Option<String>,
+    source: Option<String>,
+    headers: Headers,
+    pub(crate) id: Option<EventId>,
+    pub(crate) reply_to: Option<String>,
+}
+
+impl Message {
+    /// A message whose payload is `payload` encoded as JSON.
+    pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, payload: &T) -> Self {
+        let payload = serde_json::to_vec(payload).map(Bytes::from).map_err(|e| e.to_string());
+        Self::with_payload(topic.into(), payload, None)
+    }
+
+    /// A message with raw payload bytes of the given media type.
+    pub fn bytes(topic: impl Into<String>, payload: impl Into<Bytes>, content_type: impl Into<String>) -> Self {
+        Self::with_payload(topic.into(), Ok(payload.into()), Some(content_type.into()))
+    }
+
+    fn with_payload(topic: String, payload: Result<Bytes, String>, content_type: Option<String>) -> Self {
+        Message {
+            topic,
+            payload,
+            content_type,
+            priority: Priority::NORMAL,
+            when: When::Now,
+            ttl: None,
+            key: None,
+            source: None,
+            headers: Headers::new(),
+            id: None,
+            reply_to: None,
+        }
+    }
+
+    /// Due `d` from now instead of at once.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.when = When::After(d);
+        self
+    }
+
+    /// Due at `t` (a [`Timestamp`] or a `SystemTime`); a time in the past is due at once.
+    pub fn at(mut self, t: impl Into<Timestamp>) -> Self {
+        self.when = When::At(t.into());
+        self
+    }
+
+    /// Its priority (default: [`Priority::NORMAL`]).
+    pub fn priority(mut self, p: Priority) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// Its idempotency key: while an event with this key is kept in the store, publishing another
+    /// with the same key stores nothing and returns the first event's id.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Expires unhandled if no attempt has started within `ttl` of its due time.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(key, value);
+        self
+    }
+
+    /// Who publishes it (CloudEvents `source`).
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    fn into_event(self, inner: &Inner, now: Timestamp) -> Result<(Event, metrics::Counter), PublishError> {
+        let (topic, published) = inner.intern(&self.topic)?;
+        let payload = self
+            .payload
+            .map_err(|e| PublishError::Encode(serde::ser::Error::custom(e)))?;
+        let deliver_at = match self.when {
+            When::Now => now,
+            When::After(d) => now + d,
+            When::At(t) => t.max(now),
+        };
+        let mut parts = EventParts::new(topic, payload);
+        parts.id = self.id.unwrap_or_default();
+        parts.content_type = self.content_type;
+        parts.source = self.source;
+        parts.headers = self.headers;
+        parts.priority = self.priority;
+        parts.published_at = now;
+        parts.deliver_at = deliver_at;
+        parts.expires_at = self.ttl.map(|ttl| deliver_at + ttl);
+        parts.key = self.key;
+        parts.reply_to = self.reply_to;
+        Ok((Event::from_parts(parts), published))
+    }
+}
+
+/// Whether a publish waits for room, fails when there is none, or ignores the bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    Wait,
+    Fail,
+    Ignore,
+}
+
+impl Inner {
+    /// The interned topic for `name` and its publish counter. Interning shares one allocation
+    /// per topic among all the events that carry it.
+    fn intern(&self, name: &str) -> Result<(Topic, metrics::Counter), PublishError> {
+        if let Some((t, c)) = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_key_value(name)
+        {
+            return Ok((t.clone(), c.clone()));
+        }
+        let topic = Topic::new(name)?;
+        let counter = self.metrics.published(&topic);
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        if topics.len() >= 10_000 {
+            topics.clear();
+        }
+        topics.insert(topic.clone(), counter.clone());
+        Ok((topic, counter))
+    }
+
+    async fn reserve(&self, room: Room) -> Result<(), PublishError> {
+        if room != Room::Ignore && self.closing.load(Ordering::Relaxed) {
+            return Err(PublishError::ShuttingDown);
+        }
+        let Some(max) = self.max_pending.filter(|_| room != Room::Ignore) else {
+            return Ok(());
+        };
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.store.backlog() {
+                Some(n) if n >= max => {}
+                _ => return Ok(()),
+            }
+            if room == Room::Fail {
+                return Err(PublishError::Full { max_pending: max });
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = self.stop_claiming.cancelled() => return Err(PublishError::ShuttingDown),
+            }
+        }
+    }
+
+    pub(crate) async fn publish_many(
+        &self,
+        messages: Vec<Message>,
+        room: Room,
+    ) -> Result<Vec<Published>, PublishError> {
+        self.reserve(room).await?;
+        let now = self.clock.now();
+        let mut events = Vec::with_capacity(messages.len());
+        let mut counters = Vec::with_capacity(messages.len());
+        for m in messages {
+            let (event, counter) = m.into_event(self, now)?;
+            events.push(event);
+            counters.push(counter);
+        }
+        let span = tracing::debug_span!("herald.publish", count = events.len());
+        let published = self.store.publish(events).instrument(span).await?;
+        for (p, c) in published.iter().zip(&counters) {
+            if matches!(p, Published::Stored { .. }) {
+                c.increment(1);
+            }
+        }
+        Ok(published)
+    }
+
+    pub(crate) async fn publish_one(&self, message: Message, room: Room) -> Result<Published, PublishError> {
+        let mut out = self.publish_many(vec![message], room).await?;
+        out.pop().ok_or_else(|| {
+            PublishError::Store(crate::store::StoreError::Corrupt(
+                "the store returned no result for a published event".into(),
+            ))
+        })
+    }
+}
+
+macro_rules! message_options {
+    () => {
+        /// Due `d` from now instead of at once.
+        pub fn delay(mut self, d: Duration) -> Self {
+            self.message = self.message.delay(d);
+            self
+        }
+
+        /// Due at `t` (a [`Timestamp`] or a `SystemTime`); a time in the past is due at once.
+        pub fn at(mut self, t: impl Into<Timestamp>) -> Self {
+            self.message = self.message.at(t);
+            self
+        }
+
+        /// Its priority (default: [`Priority::NORMAL`]).
+        pub fn priority(mut self, p: Priority) -> Self {
+            self.message = self.message.priority(p);
+            self
+        }
+
+        /// Its idempotency key: see [`Message::key`].
+        pub fn key(mut self, key: impl Into<String>) -> Self {
+            self.message = self.message.key(key);
+            self
+        }
+
+        /// Sets a header.
+        pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+            self.message = self.message.header(key, value);
+            self
+        }
+
+        /// Who publishes it (CloudEvents `source`).
+        pub fn source(mut self, source: impl Into<String>) -> Self {
+            self.message = self.message.source(source);
+            self
+        }
+    };
+}
+
+/// A publish in the making: options chain, `.await` publishes and returns the event's id.
+///
+/// Made by [`Herald::publish`] and [`Herald::try_publish`].
+#[derive(Debug)]
+#[must_use = "nothing is published until the publish is awaited"]
+pub struct Publish<'a> {
+    herald: &'a Herald,
+    message: Message,
+    room: Room,
+}
+
+impl Publish<'_> {
+    message_options!();
+
+    /// Expires unhandled if no attempt has started within `ttl` of its due time.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.message = self.message.ttl(ttl);
+        self
+    }
+}
+
+impl<'a> IntoFuture for Publish<'a> {
+    type Output = Result<EventId, PublishError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let published = self.herald.inner.publish_one(self.message, self.room).await?;
+            Ok(published.id())
+        })
+    }
+}
+
+impl Herald {
+    /// Publishes `payload` (encoded as JSON) to `topic` and returns the event's id once stored.
+    /// Chain options before awaiting; past `max_pending` unfinished deliveries it waits for room.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+    /// use herald_core::{Herald, Priority};
+    /// use std::time::Duration;
+    /// let herald = Herald::builder().build().await?;
+    /// let id = herald.publish("order.paid", &serde_json::json!({"order": 7})).await?;
+    /// let later = herald
+    ///     .publish("invoice.remind", &"order 7")
+    ///     .delay(Duration::from_secs(3600))
+    ///     .priority(Priority::LOW)
+    ///     .key("remind-7")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Publish<'_> {
+        Publish {
+            herald: self,
+            message: Message::json(topic, payload),
+            room: Room::Wait,
+        }
+    }
+
+    /// Like [`publish`](Herald::publish), but fails with [`PublishError::Full`] instead of
+    /// waiting when `max_pending` deliveries are unfinished.
+    pub fn try_publish<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Publish<'_> {
+        Publish {
+            herald: self,
+            message: Message::json(topic, payload),
+            room: Room::Fail,
+        }
+    }
+
+    /// Publishes a prepared [`Message`].
+    pub fn publish_message(&self, message: Message) -> Publish<'_> {
+        Publish {
+            herald: self,
+            message,
+            room: Room::Wait,
+        }
+    }
+
+    /// Publishes many messages in one store call; returns their ids in order. Nothing is stored
+    /// if any message is invalid.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+    /// use herald_core::{Herald, Message};
+    /// let herald = Herald::builder().build().await?;
+    /// let ids = herald
+    ///     .publish_batch((0..3).map(|i| Message::json("order.paid", &i)))
+    ///     .await?;
+    /// assert_eq!(ids.len(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_batch(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<EventId>, PublishError> {
+        let published = self
+            .inner
+            .publish_many(messages.into_iter().collect(), Room::Wait)
+            .await?;
+        Ok(published.iter().map(Published::id).collect())
+    }
+
+    /// Publishes a request and awaits the handler's reply, decoded as `R`, within a timeout
+    /// (default 30 s). A request that times out expires: no handler will start on it later.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+    /// use herald_core::{Herald, HandlerError, Context};
+    /// use std::time::Duration;
+    /// let herald = Herald::builder().build().await?;
+    /// herald
+    ///     .subscribe("doubler", "math.double")
+    ///     .handle(|n: u64, _ctx: Context| async move { Ok::<_, HandlerError>(n * 2) })
+    ///     .await?;
+    /// let answer: u64 = herald.request("math.double", &21).timeout(Duration::from_secs(1)).await?;
+    /// assert_eq!(answer, 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn request<T: Serialize + ?Sized, R: DeserializeOwned>(&self, topic: &str, payload: &T) -> Request<'_, R> {
+        Request {
+            herald: self,
+            message: Message::json(topic, payload),
+            timeout: Duration::from_secs(30),
+            _reply: PhantomData,
+        }
+    }
+}
+
+/// A request in the making: `.await` publishes it and waits for the reply. Made by
+/// [`Herald::request`].
+#[derive(Debug)]
+#[must_use = "nothing is sent until the request is awaited"]
+pub struct Request<'a, R> {
+    herald: &'a Herald,
+    message: Message,
+    timeout: Duration,
+    _reply: PhantomData<fn() -> R>,
+}
+
+impl<R> Request<'_, R> {
+    message_options!();
+
+    /// How long to wait for the reply (default: 30 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+}
+
+impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
+    type Output = Result<R, RequestError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let inner = &self.herald.inner;
+            let id = EventId::new();
+            let topic = self.message.topic.clone();
+            let mut message = self.message.ttl(self.timeout);
+            message.id = Some(id);
+            message.reply_to = Some(inner.node.clone());
+            let (tx, rx) = oneshot::channel();
+            inner.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+            let published = match inner.publish_one(message, Room::Wait).await {
+                Ok(p) => p,
+                Err(e) => {
+                    inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    return Err(e.into());
+                }
+            };
+            if let Published::Stored { deliveries: 0, .. } = published {
+                inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                let topic = Topic::new(&topic).map_err(PublishError::from)?;
+                return Err(RequestError::NoHandler(topic));
+            }
+            match tokio::time::timeout(self.timeout, rx).await {
+                Ok(Ok(Answer::Reply(bytes))) => serde_json::from_slice(&bytes).map_err(RequestError::Decode),
+                Ok(Ok(Answer::Failed(reason))) => Err(RequestError::Failed(reason)),
+                Ok(Err(_)) => Err(RequestError::ShuttingDown),
+                Err(_) => {
+                    inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    // The event's TTL already keeps a later claim from starting it; ending it
+                    // now makes its status say so at once.
+                    inner.store.cancel(id, CancelAs::Expired).await?;
+                    inner.metrics.expired.increment(1);
+                    inner.room.notify_waiters();
+                    Err(RequestError::Timeout(self.timeout))
+                }
+            }
+        })
+    }
+}

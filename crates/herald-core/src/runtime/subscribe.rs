@@ -1,0 +1,291 @@
+//! Subscriptions: their policy, the builder that declares them, and the handle that pauses them.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{dispatch, Herald};
+use crate::error::SubscribeError;
+use crate::event::Event;
+use crate::handler::{self, BoxHandler, Context, HandlerError};
+use crate::metrics::SubMetrics;
+use crate::retry::Backoff;
+use crate::store::SubscriptionSpec;
+use crate::topic::{Pattern, SubscriptionName, TopicError};
+
+/// How a subscription treats failures and load.
+#[derive(Clone, Debug)]
+pub(crate) struct Policy {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) lease: Option<Duration>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_attempts: 5,
+            backoff: Backoff::default(),
+            timeout: Some(Duration::from_secs(30)),
+            concurrency: None,
+            lease: None,
+        }
+    }
+}
+
+/// A running subscription, as the runtime holds it.
+pub(crate) struct LocalSub {
+    pub(crate) name: SubscriptionName,
+    pub(crate) pattern: Pattern,
+    pub(crate) policy: Policy,
+    pub(crate) lease: Duration,
+    pub(crate) handler: BoxHandler,
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) wake: Notify,
+    pub(crate) paused: AtomicBool,
+    pub(crate) stop: CancellationToken,
+    pub(crate) metrics: SubMetrics,
+}
+
+impl fmt::Debug for LocalSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalSub")
+            .field("name", &self.name)
+            .field("pattern", &self.pattern)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Declares a subscription: a unique name, a pattern and a policy, then a handler.
+///
+/// Made by [`Herald::subscribe`]. Defaults: 5 attempts, exponential backoff from 1 s up to 10
+/// minutes with full jitter, a 30 s timeout per attempt, no concurrency limit of its own (the
+/// runtime's `workers` bound applies), the runtime's lease.
+#[must_use = "a subscription does nothing until a handler is given and awaited"]
+pub struct SubscriptionBuilder<'a> {
+    herald: &'a Herald,
+    name: Result<SubscriptionName, TopicError>,
+    pattern: Result<Pattern, TopicError>,
+    policy: Policy,
+}
+
+impl fmt::Debug for SubscriptionBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionBuilder")
+            .field("name", &self.name)
+            .field("pattern", &self.pattern)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SubscriptionBuilder<'_> {
+    /// How many attempts a delivery gets before it is dead (default: 5; at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.policy.max_attempts = n;
+        self
+    }
+
+    /// How long to wait between attempts (default: exponential from 1 s, capped at 10 min,
+    /// full jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.policy.backoff = backoff;
+        self
+    }
+
+    /// How long one attempt may run before it counts as failed (default: 30 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.policy.timeout = Some(d);
+        self
+    }
+
+    /// Lets attempts run as long as they take.
+    pub fn no_timeout(mut self) -> Self {
+        self.policy.timeout = None;
+        self
+    }
+
+    /// At most `n` of this subscription's handlers run at once (default: no limit of its own).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.policy.concurrency = Some(n);
+        self
+    }
+
+    /// The lease of this subscription's claims (default: the runtime's).
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.policy.lease = Some(d);
+        self
+    }
+
+    /// Runs `handler` for each delivery, with the payload decoded from JSON as `T`. A payload that
+    /// does not decode goes to the dead-letter set with the reason. The handler's `Ok` value is the
+    /// reply to requests (return `()` otherwise).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+    /// use herald_core::{Herald, HandlerError, Context, Backoff};
+    /// use std::time::Duration;
+    /// let herald = Herald::builder().build().await?;
+    /// let sub = herald
+    ///     .subscribe("mailer", "user.>")
+    ///     .max_attempts(3)
+    ///     .backoff(Backoff::exponential(Duration::from_millis(200)))
+    ///     .timeout(Duration::from_secs(10))
+    ///     .concurrency(4)
+    ///     .handle(|email: String, _ctx: Context| async move {
+    ///         if email.is_empty() {
+    ///             return Err(HandlerError::permanent("no address"));
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(sub.name().as_str(), "mailer");
+    /// # Ok(()) }
+    /// ```
+    pub async fn handle<T, R, F, Fut>(self, handler: F) -> Result<Subscription, SubscribeError>
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(T, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        self.start(handler::typed(handler)).await
+    }
+
+    /// Runs `handler` for each delivery with the raw [`Event`] (any content type).
+    pub async fn handle_event<R, F, Fut>(self, handler: F) -> Result<Subscription, SubscribeError>
+    where
+        R: Serialize + Send + 'static,
+        F: Fn(Event, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        self.start(handler::raw(handler)).await
+    }
+
+    async fn start(self, handler: BoxHandler) -> Result<Subscription, SubscribeError> {
+        let inner = &self.herald.inner;
+        let name = self.name?;
+        let pattern = self.pattern?;
+        let policy = self.policy;
+        if policy.max_attempts == 0 {
+            return Err(SubscribeError::Options("max_attempts must be at least 1"));
+        }
+        if policy.concurrency == Some(0) {
+            return Err(SubscribeError::Options("concurrency must be at least 1"));
+        }
+        if policy.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(SubscribeError::Options(
+                "the timeout must be longer than zero; use no_timeout() for none",
+            ));
+        }
+        if inner.closing.load(Ordering::Relaxed) {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        if inner.subs_snapshot().iter().any(|s| s.name == name) {
+            return Err(SubscribeError::Duplicate(name));
+        }
+        inner
+            .store
+            .declare(&SubscriptionSpec {
+                name: name.clone(),
+                pattern: pattern.clone(),
+            })
+            .await?;
+        let sub = Arc::new(LocalSub {
+            metrics: inner.metrics.subscription(&name),
+            lease: policy.lease.unwrap_or(inner.lease),
+            limit: Arc::new(Semaphore::new(
+                policy
+                    .concurrency
+                    .unwrap_or(inner.worker_count)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            name: name.clone(),
+            pattern,
+            policy,
+            handler,
+            wake: Notify::new(),
+            paused: AtomicBool::new(false),
+            stop: inner.stop_claiming.child_token(),
+        });
+        {
+            let mut subs = inner.subs.write().unwrap_or_else(|p| p.into_inner());
+            if subs.iter().any(|s| s.name == name) {
+                return Err(SubscribeError::Duplicate(name));
+            }
+            subs.push(sub.clone());
+        }
+        inner.background.spawn(dispatch::run(inner.clone(), sub.clone()));
+        inner.timer_refresh.notify_one();
+        Ok(Subscription { sub })
+    }
+}
+
+impl Herald {
+    /// Starts declaring a subscription named `name` (unique in this process; in a shared store,
+    /// every process that uses the name shares its deliveries) to topics matching `pattern`.
+    ///
+    /// See [`SubscriptionBuilder::handle`] for an example.
+    pub fn subscribe(&self, name: &str, pattern: &str) -> SubscriptionBuilder<'_> {
+        SubscriptionBuilder {
+            herald: self,
+            name: SubscriptionName::new(name),
+            pattern: Pattern::new(pattern),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// A running subscription: pause and resume it.
+#[derive(Clone)]
+pub struct Subscription {
+    sub: Arc<LocalSub>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.sub.name)
+            .field("pattern", &self.sub.pattern)
+            .field("paused", &self.is_paused())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Its name.
+    pub fn name(&self) -> &SubscriptionName {
+        &self.sub.name
+    }
+
+    /// Its pattern.
+    pub fn pattern(&self) -> &Pattern {
+        &self.sub.pattern
+    }
+
+    /// Stops starting new attempts; running ones finish. Deliveries keep arriving and wait.
+    pub fn pause(&self) {
+        self.sub.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts attempts again.
+    pub fn resume(&self) {
+        self.sub.paused.store(false, Ordering::SeqCst);
+        self.sub.wake.notify_one();
+    }
+
+    /// Whether it is paused.
+    pub fn is_paused(&self) -> bool {
+        self.sub.paused.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,199 @@
+//! One attempt: runs the handler under its timeout with panics caught, keeps the lease alive,
+//! and records the outcome.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::dispatch::Permit;
+use super::publish::{Message, Room};
+use super::subscribe::LocalSub;
+use super::{Answer, DeadLetter, Inner, DEAD_LETTER_TOPIC};
+use crate::handler::{AttemptResult, Context};
+use crate::store::{Claimed, Completion, Outcome, Verdict};
+
+/// How an attempt ended, before it is judged against the policy.
+enum Ended {
+    Returned(AttemptResult),
+    Panicked(String),
+    TimedOut(Duration),
+    Interrupted,
+    LeaseLost,
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned())
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
+    let span = tracing::info_span!(
+        "herald.attempt",
+        subscription = %sub.name,
+        topic = %claimed.event.topic(),
+        event_id = %claimed.event.id(),
+        attempt = claimed.attempt,
+    );
+    attempt(inner, sub, claimed, permit).instrument(span).await;
+}
+
+async fn attempt(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
+    let started_at = inner.clock.now();
+    let started = Instant::now();
+    let late_ms = started_at.millis_since(claimed.due).max(0);
+    sub.metrics.lateness.record(late_ms as f64 / 1000.0);
+
+    let deadline = sub.policy.timeout.map(|t| started + t);
+    let ctx = Context::new(
+        claimed.event.clone(),
+        claimed.lease.delivery,
+        claimed.subscription.clone(),
+        claimed.attempt,
+        claimed.due,
+        deadline,
+    );
+    let ended = match std::panic::catch_unwind(AssertUnwindSafe(|| (sub.handler)(claimed.event.clone(), ctx))) {
+        Err(panic) => Ended::Panicked(panic_message(&*panic)),
+        Ok(fut) => supervise(&inner, &sub, &claimed, fut, deadline).await,
+    };
+    drop(permit);
+    let finished_at = inner.clock.now();
+    sub.metrics.handle_time.record(started.elapsed().as_secs_f64());
+
+    let verdict = judge(&sub, &claimed, ended, finished_at);
+    match &verdict {
+        Some(Verdict::Succeeded { .. }) => sub.metrics.succeeded.increment(1),
+        Some(Verdict::Retry { error, at }) => {
+            sub.metrics.failed.increment(1);
+            sub.metrics.retried.increment(1);
+            tracing::debug!(%error, retry_at = %at, "herald: attempt failed; retrying later");
+        }
+        Some(Verdict::Dead { reason }) => {
+            sub.metrics.failed.increment(1);
+            sub.metrics.dead.increment(1);
+            tracing::warn!(%reason, "herald: delivery is dead");
+        }
+        _ => {}
+    }
+    let Some(verdict) = verdict else {
+        // The lease went to another claim: that claim owns the outcome.
+        return;
+    };
+    let outcome = Outcome {
+        lease: claimed.lease,
+        finished_at,
+        verdict: verdict.clone(),
+    };
+    match inner.store.complete(vec![outcome]).await {
+        Ok(c) if c.first() == Some(&Completion::Applied) => {}
+        Ok(_) => {
+            tracing::debug!("herald: outcome refused: the lease was lost to another claim");
+            return;
+        }
+        Err(e) => {
+            // The lease runs out and the delivery is attempted again: at-least-once.
+            tracing::error!(error = %e, "herald: could not record the outcome; the delivery will run again after its lease");
+            return;
+        }
+    }
+    inner.room.notify_waiters();
+    let event = &claimed.event;
+    if event.reply_to().is_some() {
+        match &verdict {
+            Verdict::Succeeded { reply } => inner.answer(event.id(), Answer::Reply(reply.clone().unwrap_or_default())),
+            Verdict::Dead { reason } => inner.answer(event.id(), Answer::Failed(reason.clone())),
+            _ => {}
+        }
+    }
+    if let Verdict::Dead { reason } = verdict {
+        // Deaths of herald's own events are not announced, so a failing dead-letter handler
+        // cannot feed itself.
+        if inner.system_events && !event.topic().as_str().starts_with("herald.") {
+            let notice = DeadLetter {
+                event_id: event.id(),
+                delivery_id: claimed.lease.delivery,
+                topic: event.topic().clone(),
+                subscription: claimed.subscription.clone(),
+                attempts: claimed.attempt,
+                reason,
+            };
+            if let Err(e) = inner
+                .publish_one(Message::json(DEAD_LETTER_TOPIC, &notice), Room::Ignore)
+                .await
+            {
+                tracing::warn!(error = %e, "herald: could not publish the dead-letter notice");
+            }
+        }
+    }
+}
+
+/// Drives the handler: catches its panic, applies the timeout, extends the lease while it runs,
+/// and stops it at a hard shutdown.
+async fn supervise(
+    inner: &Inner,
+    sub: &LocalSub,
+    claimed: &Claimed,
+    fut: futures_util::future::BoxFuture<'static, AttemptResult>,
+    deadline: Option<Instant>,
+) -> Ended {
+    let mut fut = AssertUnwindSafe(fut).catch_unwind();
+    let timeout = sub.policy.timeout;
+    let lease = sub.lease;
+    let mut extend_at = Instant::now() + lease / 2;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut fut => return match r {
+                Ok(result) => Ended::Returned(result),
+                Err(panic) => Ended::Panicked(panic_message(&*panic)),
+            },
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+                return Ended::TimedOut(timeout.unwrap_or_default());
+            }
+            _ = inner.hard_stop.cancelled() => return Ended::Interrupted,
+            _ = tokio::time::sleep_until(extend_at) => {
+                match inner.store.extend(&[claimed.lease], lease).await {
+                    Ok(held) if held.first() == Some(&false) => return Ended::LeaseLost,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "herald: could not extend a lease; trying again"),
+                }
+                extend_at = Instant::now() + lease / 2;
+            }
+        }
+    }
+}
+
+/// What becomes of the delivery; `None` when the lease was lost and the outcome is not ours.
+fn judge(sub: &LocalSub, claimed: &Claimed, ended: Ended, now: crate::time::Timestamp) -> Option<Verdict> {
+    let failure = match ended {
+        Ended::Returned(Ok(reply)) => return Some(Verdict::Succeeded { reply }),
+        Ended::Returned(Err(e)) if !e.is_retryable() => return Some(Verdict::Dead { reason: e.to_string() }),
+        Ended::Returned(Err(e)) => e.to_string(),
+        Ended::Panicked(msg) => format!("the handler panicked: {msg}"),
+        Ended::TimedOut(t) => format!("the attempt timed out after {t:?}"),
+        Ended::Interrupted => return Some(Verdict::Released),
+        Ended::LeaseLost => return None,
+    };
+    let max = sub.policy.max_attempts;
+    if claimed.attempt >= max {
+        return Some(Verdict::Dead {
+            reason: format!(
+                "gave up after {} attempt{}: {failure}",
+                claimed.attempt,
+                if claimed.attempt == 1 { "" } else { "s" }
+            ),
+        });
+    }
+    Some(Verdict::Retry {
+        at: now + sub.policy.backoff.delay(claimed.attempt),
+        error: failure,
+    })
+}

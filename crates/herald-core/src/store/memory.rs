@@ -1,0 +1,945 @@
+//! The in-memory store: the fast path for an in-process bus. Not durable.
+//!
+//! Events live in a slab; each subscription keeps three heaps of slab references (scheduled by
+//! due time, ready by priority, leases by expiry). Heap entries are removed lazily: an entry is
+//! acted on only if the delivery it names is still in the state the entry was pushed for.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::event::Priority;
+use crate::topic::Topic;
+
+/// Builds a [`MemoryStore`].
+///
+/// ```
+/// use herald_core::MemoryStore;
+/// use std::time::Duration;
+/// let store = MemoryStore::builder().retain_for(Duration::from_secs(600)).retain_max(10_000).build();
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder {
+    clock: Option<Clock>,
+    retain_for: Duration,
+    retain_max: usize,
+}
+
+impl MemoryStoreBuilder {
+    /// Keep finished events this long (default: one hour).
+    pub fn retain_for(mut self, d: Duration) -> Self {
+        self.retain_for = d;
+        self
+    }
+
+    /// Keep at most this many finished events, dropping the oldest first (default: 100,000).
+    pub fn retain_max(mut self, n: usize) -> Self {
+        self.retain_max = n;
+        self
+    }
+
+    /// Use this clock (default: a new [`Clock`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        let (wake, _) = broadcast::channel(1024);
+        MemoryStore {
+            clock: self.clock.unwrap_or_default(),
+            state: Mutex::new(State {
+                retain_for: self.retain_for,
+                retain_max: self.retain_max,
+                ..State::default()
+            }),
+            wake,
+            backlog: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// An in-process store: fast, bounded by retention, lost when the process ends.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use herald_core::{Herald, MemoryStore};
+/// let herald = Herald::builder().store(MemoryStore::new()).build().await?;
+/// # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    clock: Clock,
+    state: Mutex<State>,
+    wake: broadcast::Sender<Wakeup>,
+    backlog: Arc<AtomicU64>,
+}
+
+impl MemoryStore {
+    /// A store with the default retention (one hour, 100,000 finished events).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configures a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            clock: None,
+            retain_for: Duration::from_secs(3600),
+            retain_max: 100_000,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held cannot leave a half-applied change behind that later
+        // calls would trip on worse than the panic itself did; carry on with the state as it is.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn settle(&self, state: &mut State, now: Timestamp) {
+        state.enforce_retention(now);
+        self.backlog.store(state.counts.open(), Ordering::Relaxed);
+    }
+
+    fn wake(&self, w: Wakeup) {
+        // No listener is not an error: nobody needs waking.
+        let _ = self.wake.send(w);
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Ref {
+    slot: u32,
+    gen: u32,
+    idx: u16,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Ready {
+    priority: Priority,
+    due: Reverse<Timestamp>,
+    seq: Reverse<u64>,
+    at: Ref,
+}
+
+#[derive(Debug)]
+struct Sub {
+    spec: SubscriptionSpec,
+    scheduled: BinaryHeap<Reverse<(Timestamp, Ref)>>,
+    ready: BinaryHeap<Ready>,
+    leases: BinaryHeap<Reverse<(Timestamp, Ref, u64)>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    gen: u32,
+    rec: Option<Rec>,
+}
+
+#[derive(Debug)]
+struct Rec {
+    event: Event,
+    deliveries: Vec<D>,
+    open: u32,
+    finished_at: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct D {
+    id: DeliveryId,
+    sub: u32,
+    status: DeliveryStatus,
+    attempts: u32,
+    due: Timestamp,
+    token: u64,
+    lease_until: Timestamp,
+    detail: Option<Box<Detail>>,
+}
+
+#[derive(Debug, Default)]
+struct Detail {
+    history: Vec<Attempt>,
+    last_error: Option<String>,
+    reply: Option<Bytes>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    subs: Vec<Sub>,
+    sub_ids: HashMap<SubscriptionName, u32>,
+    routes: HashMap<Topic, Arc<[u32]>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_id: BTreeMap<EventId, u32>,
+    by_delivery: HashMap<DeliveryId, u32>,
+    keys: HashMap<String, EventId>,
+    finished: VecDeque<(Timestamp, Ref)>,
+    counts: StatusCounts,
+    unrouted: u64,
+    next_token: u64,
+    seq: u64,
+    retain_for: Duration,
+    retain_max: usize,
+}
+
+/// The record and delivery index `at` names, if it still names one. A free function over the
+/// slab, so that callers can hold the status counts at the same time.
+fn delivery_mut(slots: &mut [Slot], at: Ref) -> Option<(&mut Rec, usize)> {
+    let slot = slots.get_mut(at.slot as usize)?;
+    if slot.gen != at.gen {
+        return None;
+    }
+    let rec = slot.rec.as_mut()?;
+    (usize::from(at.idx) < rec.deliveries.len()).then_some((rec, usize::from(at.idx)))
+}
+
+fn set_status(counts: &mut StatusCounts, d: &mut D, to: DeliveryStatus) {
+    *counts.slot_mut(d.status) -= 1;
+    *counts.slot_mut(to) += 1;
+    d.status = to;
+}
+
+impl State {
+    fn sub_index(&self, name: &SubscriptionName) -> Result<u32, StoreError> {
+        self.sub_ids
+            .get(name)
+            .copied()
+            .ok_or_else(|| StoreError::UnknownSubscription(name.clone()))
+    }
+
+    fn route(&mut self, topic: &Topic) -> Arc<[u32]> {
+        if let Some(r) = self.routes.get(topic) {
+            return r.clone();
+        }
+        let matched: Arc<[u32]> = self
+            .subs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.spec.pattern.matches(topic))
+            .filter_map(|(i, _)| u32::try_from(i).ok())
+            .collect();
+        // The cache is bounded so that a stream of distinct topics cannot grow it without end.
+        if self.routes.len() >= 10_000 {
+            self.routes.clear();
+        }
+        self.routes.insert(topic.clone(), matched.clone());
+        matched
+    }
+
+    fn rec(&self, at: Ref) -> Option<&Rec> {
+        let slot = self.slots.get(at.slot as usize)?;
+        if slot.gen != at.gen {
+            return None;
+        }
+        slot.rec.as_ref()
+    }
+
+    fn find_delivery(&self, id: DeliveryId) -> Option<Ref> {
+        let slot = *self.by_delivery.get(&id)?;
+        let s = self.slots.get(slot as usize)?;
+        let rec = s.rec.as_ref()?;
+        let idx = rec.deliveries.iter().position(|d| d.id == id)?;
+        Some(Ref {
+            slot,
+            gen: s.gen,
+            idx: u16::try_from(idx).ok()?,
+        })
+    }
+
+    fn push_ready(&mut self, at: Ref, sub: u32, priority: Priority, due: Timestamp) {
+        self.seq += 1;
+        if let Some(s) = self.subs.get_mut(sub as usize) {
+            s.ready.push(Ready {
+                priority,
+                due: Reverse(due),
+                seq: Reverse(self.seq),
+                at,
+            });
+        }
+    }
+
+    /// Records that a delivery of `at` finished; when it was the last open one, the event is done.
+    fn close_one(&mut self, at: Ref, now: Timestamp) {
+        let Some(slot) = self.slots.get_mut(at.slot as usize) else {
+            return;
+        };
+        let Some(rec) = slot.rec.as_mut() else { return };
+        rec.open = rec.open.saturating_sub(1);
+        if rec.open == 0 {
+            rec.finished_at = Some(now);
+            self.finished.push_back((now, at));
+        }
+    }
+
+    fn reopen_one(&mut self, at: Ref) {
+        if let Some((rec, _)) = delivery_mut(&mut self.slots, at) {
+            rec.open += 1;
+            rec.finished_at = None;
+        }
+    }
+
+    /// Moves deliveries of `sub` that are due at `now` from the scheduled heap to the ready heap.
+    fn promote(&mut self, sub: u32, now: Timestamp) {
+        loop {
+            let Some(s) = self.subs.get_mut(sub as usize) else {
+                return;
+            };
+            let Some(&Reverse((due, at))) = s.scheduled.peek() else {
+                return;
+            };
+            if due > now {
+                return;
+            }
+            s.scheduled.pop();
+            let counts = &mut self.counts;
+            let Some((rec, i)) = delivery_mut(&mut self.slots, at) else {
+                continue;
+            };
+            let d = &mut rec.deliveries[i];
+            if !matches!(d.status, DeliveryStatus::Scheduled | DeliveryStatus::Retrying) || d.due != due {
+                continue;
+            }
+            let priority = rec.event.priority();
+            set_status(counts, d, DeliveryStatus::Pending);
+            self.push_ready(at, sub, priority, due);
+        }
+    }
+
+    /// Returns to the ready heap the deliveries of `sub` whose lease ran out at `now`, and drops
+    /// lease entries that no longer hold.
+    fn reclaim(&mut self, sub: u32, now: Timestamp) {
+        loop {
+            let Some(s) = self.subs.get_mut(sub as usize) else {
+                return;
+            };
+            let Some(&Reverse((until, at, token))) = s.leases.peek() else {
+                return;
+            };
+            let counts = &mut self.counts;
+            let live = match delivery_mut(&mut self.slots, at) {
+                Some((rec, i)) => {
+                    let d = &rec.deliveries[i];
+                    d.status == DeliveryStatus::Active && d.token == token
+                }
+                None => false,
+            };
+            if live && until > now {
+                return;
+            }
+            if let Some(s) = self.subs.get_mut(sub as usize) {
+                s.leases.pop();
+            }
+            if !live {
+                continue;
+            }
+            let Some((rec, i)) = delivery_mut(&mut self.slots, at) else {
+                continue;
+            };
+            let priority = rec.event.priority();
+            let d = &mut rec.deliveries[i];
+            set_status(counts, d, DeliveryStatus::Pending);
+            let due = d.due;
+            if let Some(last) = d.detail.as_mut().and_then(|x| x.history.last_mut()) {
+                last.finished_at = Some(now);
+                last.outcome = Some(AttemptOutcome::LeaseExpired);
+                last.error = Some("the lease ran out before an outcome was recorded".into());
+            }
+            self.push_ready(at, sub, priority, due);
+        }
+    }
+
+    fn next_scheduled(&mut self, sub: u32) -> Option<Timestamp> {
+        loop {
+            let s = self.subs.get_mut(sub as usize)?;
+            let &Reverse((due, at)) = s.scheduled.peek()?;
+            let valid = self.rec(at).is_some_and(|rec| {
+                let d = &rec.deliveries[usize::from(at.idx)];
+                matches!(d.status, DeliveryStatus::Scheduled | DeliveryStatus::Retrying) && d.due == due
+            });
+            if valid {
+                return Some(due);
+            }
+            self.subs.get_mut(sub as usize)?.scheduled.pop();
+        }
+    }
+
+    fn remove(&mut self, at: Ref) {
+        let Some(slot) = self.slots.get_mut(at.slot as usize) else {
+            return;
+        };
+        if slot.gen != at.gen {
+            return;
+        }
+        let Some(rec) = slot.rec.take() else { return };
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(at.slot);
+        self.by_id.remove(&rec.event.id());
+        if let Some(key) = rec.event.key() {
+            if self.keys.get(key) == Some(&rec.event.id()) {
+                self.keys.remove(key);
+            }
+        }
+        if rec.deliveries.is_empty() {
+            self.unrouted = self.unrouted.saturating_sub(1);
+        }
+        for d in &rec.deliveries {
+            self.by_delivery.remove(&d.id);
+            *self.counts.slot_mut(d.status) -= 1;
+        }
+    }
+
+    /// Removes the oldest finished event if it finished before `before` (or unconditionally when
+    /// `before` is `None`). Returns whether an entry was taken off the queue.
+    fn pop_finished(&mut self, before: Option<Timestamp>) -> Option<bool> {
+        let &(at_time, at) = self.finished.front()?;
+        if before.is_some_and(|b| at_time >= b) {
+            return None;
+        }
+        self.finished.pop_front();
+        let current = self.rec(at).is_some_and(|r| r.finished_at == Some(at_time));
+        if current {
+            self.remove(at);
+        }
+        Some(current)
+    }
+
+    fn enforce_retention(&mut self, now: Timestamp) {
+        let cutoff = Timestamp::from_millis(
+            now.as_millis()
+                .saturating_sub(i64::try_from(self.retain_for.as_millis()).unwrap_or(i64::MAX)),
+        );
+        while self.pop_finished(Some(cutoff)).is_some() {}
+        while self.finished.len() > self.retain_max {
+            if self.pop_finished(None).is_none() {
+                break;
+            }
+        }
+    }
+
+    fn record(&self, slot: u32, with_attempts: bool, now: Timestamp) -> Option<EventRecord> {
+        let rec = self.slots.get(slot as usize)?.rec.as_ref()?;
+        let deliveries = rec
+            .deliveries
+            .iter()
+            .map(|d| {
+                // A scheduled delivery whose time has come is pending, whether or not a claim has
+                // moved it yet.
+                let status = match d.status {
+                    DeliveryStatus::Scheduled if d.due <= now => DeliveryStatus::Pending,
+                    s => s,
+                };
+                let mut r = DeliveryRecord::new(d.id, self.subs[d.sub as usize].spec.name.clone(), status, d.due);
+                r.attempt_count = d.attempts;
+                if let Some(detail) = &d.detail {
+                    r.last_error = detail.last_error.clone();
+                    r.reply = detail.reply.clone();
+                    if with_attempts {
+                        r.attempts = detail.history.clone();
+                    }
+                }
+                r
+            })
+            .collect();
+        Some(EventRecord::new(rec.event.clone(), deliveries))
+    }
+
+    fn alloc(&mut self, rec: Rec) -> (u32, u32) {
+        if let Some(slot) = self.free.pop() {
+            let s = &mut self.slots[slot as usize];
+            s.rec = Some(rec);
+            return (slot, s.gen);
+        }
+        let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.slots.push(Slot { gen: 0, rec: Some(rec) });
+        (slot, 0)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::in_memory()
+    }
+
+    async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        match st.sub_ids.get(&subscription.name) {
+            Some(&i) => st.subs[i as usize].spec = subscription.clone(),
+            None => {
+                let i = u32::try_from(st.subs.len())
+                    .map_err(|_| StoreError::Unsupported("more than 2^32 subscriptions"))?;
+                st.subs.push(Sub {
+                    spec: subscription.clone(),
+                    scheduled: BinaryHeap::new(),
+                    ready: BinaryHeap::new(),
+                    leases: BinaryHeap::new(),
+                });
+                st.sub_ids.insert(subscription.name.clone(), i);
+            }
+        }
+        st.routes.clear();
+        Ok(())
+    }
+
+    async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut out = Vec::with_capacity(events.len());
+        let mut earliest: Option<Timestamp> = None;
+        for event in events {
+            if let Some(&first) = event.key().and_then(|k| st.keys.get(k)) {
+                out.push(Published::Duplicate { id: first });
+                continue;
+            }
+            let routes = st.route(event.topic());
+            let id = event.id();
+            let due = event.deliver_at();
+            let immediate = due <= now;
+            let status = if immediate {
+                DeliveryStatus::Pending
+            } else {
+                DeliveryStatus::Scheduled
+            };
+            let deliveries: Vec<D> = routes
+                .iter()
+                .map(|&sub| D {
+                    id: DeliveryId::new(),
+                    sub,
+                    status,
+                    attempts: 0,
+                    due,
+                    token: 0,
+                    lease_until: Timestamp::EPOCH,
+                    detail: None,
+                })
+                .collect();
+            let n = u32::try_from(deliveries.len()).unwrap_or(u32::MAX);
+            let key = event.key().map(str::to_owned);
+            let priority = event.priority();
+            let (slot, gen) = st.alloc(Rec {
+                event,
+                deliveries,
+                open: n,
+                finished_at: None,
+            });
+            st.by_id.insert(id, slot);
+            if let Some(key) = key {
+                st.keys.insert(key, id);
+            }
+            *st.counts.slot_mut(status) += u64::from(n);
+            for (idx, &sub) in routes.iter().enumerate() {
+                let at = Ref {
+                    slot,
+                    gen,
+                    idx: u16::try_from(idx).unwrap_or(u16::MAX),
+                };
+                let did = st.slots[slot as usize].rec.as_ref().map(|r| r.deliveries[idx].id);
+                if let Some(did) = did {
+                    st.by_delivery.insert(did, slot);
+                }
+                if immediate {
+                    st.push_ready(at, sub, priority, due);
+                } else if let Some(s) = st.subs.get_mut(sub as usize) {
+                    s.scheduled.push(Reverse((due, at)));
+                }
+            }
+            if n == 0 {
+                st.unrouted += 1;
+                if let Some(r) = st.slots[slot as usize].rec.as_mut() {
+                    r.finished_at = Some(now);
+                }
+                st.finished.push_back((now, Ref { slot, gen, idx: 0 }));
+            } else {
+                earliest = Some(earliest.map_or(due, |e| e.min(due)));
+            }
+            out.push(Published::Stored { id, deliveries: n });
+        }
+        self.settle(st, now);
+        drop(guard);
+        if let Some(t) = earliest {
+            self.wake(Wakeup::Due(t));
+        }
+        Ok(out)
+    }
+
+    async fn claim(
+        &self,
+        subscription: &SubscriptionName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = self.clock.now();
+        let lease_until = now + lease;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let sub = st.sub_index(subscription)?;
+        st.reclaim(sub, now);
+        st.promote(sub, now);
+        let mut out = Vec::with_capacity(max.min(64));
+        let mut expired = Vec::new();
+        while out.len() < max {
+            let Some(s) = st.subs.get_mut(sub as usize) else { break };
+            let Some(Ready { at, .. }) = s.ready.pop() else { break };
+            st.next_token += 1;
+            let token = st.next_token;
+            let counts = &mut st.counts;
+            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+                continue;
+            };
+            if rec.deliveries[i].status != DeliveryStatus::Pending {
+                continue;
+            }
+            if rec.event.is_expired_at(now) {
+                set_status(counts, &mut rec.deliveries[i], DeliveryStatus::Expired);
+                expired.push(at);
+                continue;
+            }
+            let d = &mut rec.deliveries[i];
+            set_status(counts, d, DeliveryStatus::Active);
+            d.attempts += 1;
+            d.token = token;
+            d.lease_until = lease_until;
+            d.detail
+                .get_or_insert_with(Default::default)
+                .history
+                .push(Attempt::started(d.attempts, now));
+            out.push(Claimed::new(
+                Lease { delivery: d.id, token },
+                lease_until,
+                subscription.clone(),
+                rec.event.clone(),
+                d.attempts,
+                d.due,
+            ));
+            if let Some(s) = st.subs.get_mut(sub as usize) {
+                s.leases.push(Reverse((lease_until, at, token)));
+            }
+        }
+        for at in expired {
+            st.close_one(at, now);
+        }
+        self.settle(st, now);
+        Ok(out)
+    }
+
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>, StoreError> {
+        let now = self.clock.now();
+        let until = now + lease;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut out = Vec::with_capacity(leases.len());
+        for l in leases {
+            let held = match st.find_delivery(l.delivery) {
+                Some(at) => {
+                    let sub = delivery_mut(&mut st.slots, at).and_then(|(rec, i)| {
+                        let d = &mut rec.deliveries[i];
+                        (d.status == DeliveryStatus::Active && d.token == l.token).then(|| {
+                            d.lease_until = until;
+                            d.sub
+                        })
+                    });
+                    if let Some(s) = sub.and_then(|s| st.subs.get_mut(s as usize)) {
+                        s.leases.push(Reverse((until, at, l.token)));
+                    }
+                    sub.is_some()
+                }
+                None => false,
+            };
+            out.push(held);
+        }
+        Ok(out)
+    }
+
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut out = Vec::with_capacity(outcomes.len());
+        let mut wakeups = Vec::new();
+        for o in outcomes {
+            let Some(at) = st.find_delivery(o.lease.delivery) else {
+                out.push(Completion::Stale);
+                continue;
+            };
+            let counts = &mut st.counts;
+            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+                out.push(Completion::Stale);
+                continue;
+            };
+            let answered = rec.event.reply_to().is_some().then(|| rec.event.id());
+            let priority = rec.event.priority();
+            let d = &mut rec.deliveries[i];
+            if d.status != DeliveryStatus::Active || d.token != o.lease.token {
+                out.push(Completion::Stale);
+                continue;
+            }
+            let sub = d.sub;
+            let detail = d.detail.get_or_insert_with(Default::default);
+            let attempt = detail.history.last_mut();
+            enum Next {
+                Finished,
+                Scheduled(Timestamp),
+                Ready(Timestamp),
+            }
+            let next = match o.verdict {
+                Verdict::Succeeded { reply } => {
+                    if let Some(a) = attempt {
+                        a.finished_at = Some(o.finished_at);
+                        a.outcome = Some(AttemptOutcome::Succeeded);
+                    }
+                    detail.reply = reply;
+                    set_status(counts, d, DeliveryStatus::Succeeded);
+                    wakeups.extend(answered.map(Wakeup::Answered));
+                    Next::Finished
+                }
+                Verdict::Retry { at: due, error } => {
+                    if let Some(a) = attempt {
+                        a.finished_at = Some(o.finished_at);
+                        a.outcome = Some(AttemptOutcome::Failed);
+                        a.error = Some(error.clone());
+                    }
+                    detail.last_error = Some(error);
+                    d.due = due;
+                    set_status(counts, d, DeliveryStatus::Retrying);
+                    wakeups.push(Wakeup::Due(due));
+                    Next::Scheduled(due)
+                }
+                Verdict::Dead { reason } => {
+                    if let Some(a) = attempt {
+                        a.finished_at = Some(o.finished_at);
+                        a.outcome = Some(AttemptOutcome::Dead);
+                        a.error = Some(reason.clone());
+                    }
+                    detail.last_error = Some(reason);
+                    set_status(counts, d, DeliveryStatus::Dead);
+                    wakeups.extend(answered.map(Wakeup::Answered));
+                    Next::Finished
+                }
+                Verdict::Released => {
+                    detail.history.pop();
+                    d.attempts = d.attempts.saturating_sub(1);
+                    set_status(counts, d, DeliveryStatus::Pending);
+                    wakeups.push(Wakeup::Due(d.due));
+                    Next::Ready(d.due)
+                }
+            };
+            match next {
+                Next::Finished => st.close_one(at, now),
+                Next::Scheduled(due) => {
+                    if let Some(s) = st.subs.get_mut(sub as usize) {
+                        s.scheduled.push(Reverse((due, at)));
+                    }
+                }
+                Next::Ready(due) => st.push_ready(at, sub, priority, due),
+            }
+            out.push(Completion::Applied);
+        }
+        self.settle(st, now);
+        drop(guard);
+        for w in wakeups {
+            self.wake(w);
+        }
+        Ok(out)
+    }
+
+    async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(&slot) = st.by_id.get(&id) else {
+            return Ok(Cancelled::NotFound);
+        };
+        let gen = st.slots[slot as usize].gen;
+        let to = match end {
+            CancelAs::Cancelled => DeliveryStatus::Cancelled,
+            CancelAs::Expired => DeliveryStatus::Expired,
+        };
+        let counts = &mut st.counts;
+        let mut ended = Vec::new();
+        if let Some(rec) = st.slots[slot as usize].rec.as_mut() {
+            for (idx, d) in rec.deliveries.iter_mut().enumerate() {
+                if matches!(
+                    d.status,
+                    DeliveryStatus::Scheduled | DeliveryStatus::Pending | DeliveryStatus::Retrying
+                ) {
+                    set_status(counts, d, to);
+                    ended.push(Ref {
+                        slot,
+                        gen,
+                        idx: u16::try_from(idx).unwrap_or(u16::MAX),
+                    });
+                }
+            }
+        }
+        let n = u32::try_from(ended.len()).unwrap_or(u32::MAX);
+        for at in ended {
+            st.close_one(at, now);
+        }
+        self.settle(st, now);
+        Ok(if n == 0 {
+            Cancelled::TooLate
+        } else {
+            Cancelled::Ended(n)
+        })
+    }
+
+    async fn retry(&self, id: DeliveryId) -> Result<Requeued, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(at) = st.find_delivery(id) else {
+            return Ok(Requeued::NotFound);
+        };
+        let counts = &mut st.counts;
+        let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+            return Ok(Requeued::NotFound);
+        };
+        let priority = rec.event.priority();
+        let d = &mut rec.deliveries[i];
+        if d.status != DeliveryStatus::Dead {
+            return Ok(Requeued::NotDead(d.status));
+        }
+        set_status(counts, d, DeliveryStatus::Pending);
+        d.due = now;
+        let sub = d.sub;
+        st.reopen_one(at);
+        st.push_ready(at, sub, priority, now);
+        self.settle(st, now);
+        drop(guard);
+        self.wake(Wakeup::Due(now));
+        Ok(Requeued::Requeued)
+    }
+
+    async fn next_due(
+        &self,
+        subscriptions: &[SubscriptionName],
+        after: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut earliest: Option<Timestamp> = None;
+        for name in subscriptions {
+            let Ok(sub) = st.sub_index(name) else { continue };
+            st.promote(sub, after);
+            st.reclaim(sub, Timestamp::EPOCH);
+            let lease = st.subs[sub as usize].leases.peek().map(|Reverse((t, _, _))| *t);
+            for t in [st.next_scheduled(sub), lease].into_iter().flatten() {
+                if t > after {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                }
+            }
+        }
+        Ok(earliest)
+    }
+
+    fn wakeups(&self) -> BoxStream<'static, Wakeup> {
+        let rx = self.wake.subscribe();
+        Box::pin(stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(w) => Some((w, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((Wakeup::Lagged, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        }))
+    }
+
+    async fn query(&self, filter: &EventFilter, page: PageRequest) -> Result<Page<EventRecord>, StoreError> {
+        let now = self.clock.now();
+        let guard = self.lock();
+        let st = &*guard;
+        let limit = page.limit.clamp(1, PageRequest::MAX_LIMIT) as usize;
+        let mut items = Vec::with_capacity(limit.min(64));
+        let candidates: Box<dyn Iterator<Item = (&EventId, &u32)>> = match (&filter.key, page.after) {
+            // A key names at most one live event: look it up instead of scanning.
+            (Some(key), after) => Box::new(
+                st.keys
+                    .get_key_value(key.as_str())
+                    .and_then(|(_, id)| st.by_id.get_key_value(id))
+                    .filter(|(id, _)| after.is_none_or(|a| **id < a))
+                    .into_iter(),
+            ),
+            (None, Some(after)) => Box::new(st.by_id.range(..after).rev()),
+            (None, None) => Box::new(st.by_id.iter().rev()),
+        };
+        let mut more = false;
+        for (_, &slot) in candidates {
+            let Some(rec) = st.slots[slot as usize].rec.as_ref() else {
+                continue;
+            };
+            if !filter.matches_topic(rec.event.topic()) {
+                continue;
+            }
+            let Some(record) = st.record(slot, false, now) else {
+                continue;
+            };
+            if !filter.matches(&record) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(record);
+        }
+        let next = if more {
+            items.last().map(|r: &EventRecord| r.event.id())
+        } else {
+            None
+        };
+        Ok(Page::new(items, next))
+    }
+
+    async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
+        let now = self.clock.now();
+        let guard = self.lock();
+        let st = &*guard;
+        Ok(st.by_id.get(&id).and_then(|&slot| st.record(slot, true, now)))
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let guard = self.lock();
+        let st = &*guard;
+        Ok(Stats {
+            events: st.by_id.len() as u64,
+            unrouted: st.unrouted,
+            deliveries: st.counts,
+        })
+    }
+
+    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut removed = 0;
+        while let Some(current) = st.pop_finished(Some(before)) {
+            removed += u64::from(current);
+        }
+        self.settle(st, now);
+        Ok(removed)
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        Some(self.backlog.load(Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,142 @@
+//! The [`Store`] contract: where events, deliveries and their history live.
+//!
+//! Every call is batch-shaped so that a backend can group-commit. A store keeps no handlers: it
+//! fans events out to declared subscriptions, hands due deliveries out under leases, and records
+//! what the runtime reports. The same conformance suite (`herald-testkit`) runs against every store.
+
+mod memory;
+mod types;
+
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+pub use types::*;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use crate::event::{DeliveryId, Event, EventId};
+use crate::time::{Clock, Timestamp};
+use crate::topic::SubscriptionName;
+
+/// A store failed. Stores map their own errors onto these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not be reached or failed; the operation may be retried.
+    #[error("the store is unavailable: {message}")]
+    Unavailable {
+        /// What went wrong, for people.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The store does not support this operation.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
+    /// A subscription was used before it was declared.
+    #[error("subscription '{0}' is not declared in the store: declare it before claiming")]
+    UnknownSubscription(SubscriptionName),
+    /// The data in the store is not what this version of herald expects.
+    #[error("the store's data is corrupt or from an incompatible version: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// An [`Unavailable`](StoreError::Unavailable) error wrapping a backend error.
+    pub fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable {
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// Something changed in the store that a runtime may want to act on, from any node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wakeup {
+    /// A delivery is due at this time (now or later): published, retried, released or requeued.
+    Due(Timestamp),
+    /// A request (the event with this id) has its answer: a reply or a final failure.
+    Answered(EventId),
+    /// Notifications were lost (a lagging listener, a reconnect): re-check everything.
+    Lagged,
+}
+
+/// Where events, deliveries and history live. See the [module docs](self).
+///
+/// Implementations must be safe to share between tasks and, for durable stores, between processes:
+/// every method is atomic on its own.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The clock the store judges due times and leases by. The runtime sleeps by it.
+    fn clock(&self) -> Clock;
+
+    /// What this store can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Declares (or redeclares, with a new pattern) a subscription: later publishes whose topic
+    /// matches its pattern get a delivery for it.
+    async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError>;
+
+    /// Stores events, fans each out to the matching subscriptions and returns, in order, what
+    /// became of each. Durable before it returns. An event whose key is held by a live event is
+    /// not stored: its entry is [`Published::Duplicate`] with the first event's id.
+    async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError>;
+
+    /// Leases up to `max` deliveries of `subscription` that are due (or whose lease ran out), by
+    /// priority (highest first) then due time. Deliveries of expired events are marked
+    /// [`DeliveryStatus::Expired`] instead of being handed out.
+    async fn claim(
+        &self,
+        subscription: &SubscriptionName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Pushes the leases out to `lease` from now. Returns, per lease, whether it was still held.
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>, StoreError>;
+
+    /// Records the outcomes of attempts. Each is fenced by its lease token: an outcome whose lease
+    /// was lost (expired and claimed again) is refused as [`Completion::Stale`].
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError>;
+
+    /// Ends every delivery of the event that has not started (scheduled, pending or retrying) with
+    /// the given status (cancelled or expired).
+    async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError>;
+
+    /// Makes a dead delivery pending again, due now, with its attempt history kept.
+    async fn retry(&self, id: DeliveryId) -> Result<Requeued, StoreError>;
+
+    /// The earliest time strictly after `after` at which a delivery of one of `subscriptions`
+    /// becomes due or a lease of theirs runs out.
+    async fn next_due(
+        &self,
+        subscriptions: &[SubscriptionName],
+        after: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Changes from any node that a runtime may act on. Each call returns a new listener.
+    fn wakeups(&self) -> BoxStream<'static, Wakeup>;
+
+    /// Events matching `filter`, newest first, one page at a time. The deliveries in the results
+    /// carry no attempt history (see [`get`](Store::get)).
+    async fn query(&self, filter: &EventFilter, page: PageRequest) -> Result<Page<EventRecord>, StoreError>;
+
+    /// One event with its deliveries and their attempts.
+    async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError>;
+
+    /// Counts by status.
+    async fn stats(&self) -> Result<Stats, StoreError>;
+
+    /// Deletes finished events (every delivery succeeded, dead, cancelled or expired, or none
+    /// routed) that finished before `before`. Returns how many went.
+    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// How many deliveries are not finished, if the store can tell cheaply. The runtime's
+    /// backpressure (`max_pending`) uses it; `None` turns backpressure off for this store.
+    fn backlog(&self) -> Option<u64>;
+}

@@ -1,0 +1,633 @@
+//! The in-process bus, end to end on tokio's paused clock: every timing assertion is exact.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+}
+
+async fn bus() -> Herald {
+    Herald::builder().system_events(false).build().await.unwrap()
+}
+
+/// What a handler saw: the payload, the attempt and when (store clock).
+type Seen<T> = mpsc::UnboundedReceiver<(T, u32, Timestamp)>;
+
+async fn recorder<T>(herald: &Herald, name: &str, pattern: &str) -> Seen<T>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let clock = herald.clock();
+    herald
+        .subscribe(name, pattern)
+        .handle(move |v: T, ctx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((v, ctx.attempt(), clock.now()));
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    rx
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    timeout(Duration::from_secs(3600), rx.recv())
+        .await
+        .expect("nothing arrived within an hour of paused time")
+        .expect("channel closed")
+}
+
+async fn settle(herald: &Herald, id: EventId) -> EventRecord {
+    for _ in 0..100_000 {
+        let rec = herald.get(id).await.unwrap().expect("event exists");
+        if rec.status.is_finished() {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("event {id} did not finish");
+}
+
+#[tokio::test(start_paused = true)]
+async fn publish_reaches_every_matching_subscription_with_a_typed_payload() {
+    let herald = bus().await;
+    let mut exact = recorder::<Order>(&herald, "exact", "order.paid").await;
+    let mut one = recorder::<Order>(&herald, "one", "order.*").await;
+    let mut rest = recorder::<Order>(&herald, "rest", "order.>").await;
+    let mut other = recorder::<Order>(&herald, "other", "user.*").await;
+
+    let id = herald.publish("order.paid", &Order { id: 7 }).await.unwrap();
+    for rx in [&mut exact, &mut one, &mut rest] {
+        assert_eq!(next(rx).await.0, Order { id: 7 });
+    }
+    let rec = settle(&herald, id).await;
+    assert_eq!(rec.status, EventStatus::Succeeded);
+    assert_eq!(rec.deliveries.len(), 3);
+    assert!(rec.deliveries.iter().all(|d| d.attempts.len() == 1 && d.attempts[0].outcome == Some(AttemptOutcome::Succeeded)));
+    assert!(other.try_recv().is_err());
+
+    let unrouted = herald.publish("nobody.listens", &1).await.unwrap();
+    assert_eq!(herald.get(unrouted).await.unwrap().unwrap().status, EventStatus::Unrouted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_topics_and_options_are_clear_errors() {
+    let herald = bus().await;
+    let err = herald.publish("Order Paid", &1).await.unwrap_err();
+    assert!(
+        err.to_string().contains("topic 'Order Paid' is invalid: use lowercase dotted names such as 'order.paid'"),
+        "{err}"
+    );
+    let err = herald.subscribe("x", "order.>.x").handle(|_: u8, _| async { Ok(()) }).await.unwrap_err();
+    assert!(err.to_string().contains("'>' may only be the last segment"), "{err}");
+    let err = herald.subscribe("x", "a").max_attempts(0).handle(|_: u8, _| async { Ok(()) }).await.unwrap_err();
+    assert!(matches!(err, SubscribeError::Options(_)));
+    herald.subscribe("dup", "a").handle(|_: u8, _| async { Ok(()) }).await.unwrap();
+    let err = herald.subscribe("dup", "b").handle(|_: u8, _| async { Ok(()) }).await.unwrap_err();
+    assert!(matches!(err, SubscribeError::Duplicate(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_fires_on_its_millisecond() {
+    let herald = bus().await;
+    let mut rx = recorder::<u32>(&herald, "late", "job.run").await;
+    let start = herald.clock().now();
+    herald.publish("job.run", &1).delay(Duration::from_millis(1_537)).await.unwrap();
+    herald
+        .publish("job.run", &2)
+        .at(start + Duration::from_millis(250))
+        .await
+        .unwrap();
+    let (v, _, at) = next(&mut rx).await;
+    assert_eq!((v, at), (2, start + Duration::from_millis(250)));
+    let (v, _, at) = next(&mut rx).await;
+    assert_eq!((v, at), (1, start + Duration::from_millis(1_537)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_follow_exponential_backoff() {
+    let herald = bus().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let clock = herald.clock();
+    herald
+        .subscribe("flaky", "job.flaky")
+        .max_attempts(4)
+        .backoff(Backoff::exponential(Duration::from_millis(100)).cap(Duration::from_millis(250)).no_jitter())
+        .handle(move |_: u8, ctx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((ctx.attempt(), clock.now()));
+                Err::<(), _>(HandlerError::msg("downstream is down"))
+            }
+        })
+        .await
+        .unwrap();
+    let t0 = herald.clock().now();
+    let id = herald.publish("job.flaky", &0).await.unwrap();
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        times.push(next(&mut rx).await);
+    }
+    let offsets: Vec<i64> = times.iter().map(|(_, t)| t.millis_since(t0)).collect();
+    // 100 ms, then 200 ms, then capped at 250 ms.
+    assert_eq!(offsets, vec![0, 100, 300, 550]);
+    let rec = settle(&herald, id).await;
+    assert_eq!(rec.status, EventStatus::Dead);
+    let d = &rec.deliveries[0];
+    assert_eq!(d.attempt_count, 4);
+    assert_eq!(d.last_error.as_deref(), Some("gave up after 4 attempts: downstream is down"));
+    assert_eq!(
+        d.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+        vec![
+            Some(AttemptOutcome::Failed),
+            Some(AttemptOutcome::Failed),
+            Some(AttemptOutcome::Failed),
+            Some(AttemptOutcome::Dead)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn jittered_backoff_stays_under_its_ceiling() {
+    let herald = bus().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let clock = herald.clock();
+    herald
+        .subscribe("jitter", "job.jitter")
+        .max_attempts(6)
+        .backoff(Backoff::exponential(Duration::from_millis(100)))
+        .handle(move |_: u8, _ctx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(clock.now());
+                Err::<(), _>(HandlerError::msg("no"))
+            }
+        })
+        .await
+        .unwrap();
+    herald.publish("job.jitter", &0).await.unwrap();
+    let mut prev = next(&mut rx).await;
+    for attempt in 1..6u32 {
+        let t = next(&mut rx).await;
+        let gap = t.millis_since(prev);
+        let ceiling = 100 * (1 << (attempt - 1));
+        assert!((0..=ceiling).contains(&gap), "gap {gap} after attempt {attempt} exceeds {ceiling}");
+        prev = t;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_a_failed_attempt() {
+    let herald = bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    herald
+        .subscribe("slow", "job.slow")
+        .max_attempts(2)
+        .backoff(Backoff::fixed(Duration::from_millis(10)))
+        .timeout(Duration::from_secs(1))
+        .handle(move |_: u8, _ctx: Context| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let t0 = herald.clock().now();
+    let id = herald.publish("job.slow", &0).await.unwrap();
+    let rec = settle(&herald, id).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let d = &rec.deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::Dead);
+    assert_eq!(d.last_error.as_deref(), Some("gave up after 2 attempts: the attempt timed out after 1s"));
+    assert_eq!(d.attempts[0].finished_at, Some(t0 + Duration::from_secs(1)));
+    assert_eq!(d.attempts[1].started_at, t0 + Duration::from_millis(1_010));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_a_scheduled_event() {
+    let herald = bus().await;
+    let mut rx = recorder::<u8>(&herald, "c", "job.c").await;
+    let id = herald.publish("job.c", &1).delay(Duration::from_secs(10)).await.unwrap();
+    let keep = herald.publish("job.c", &2).delay(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(herald.cancel(id).await.unwrap(), Cancelled::Ended(1));
+    assert_eq!(herald.cancel(id).await.unwrap(), Cancelled::TooLate);
+    assert_eq!(herald.cancel(EventId::new()).await.unwrap(), Cancelled::NotFound);
+    assert_eq!(next(&mut rx).await.0, 2);
+    assert_eq!(herald.get(id).await.unwrap().unwrap().status, EventStatus::Cancelled);
+    assert_eq!(herald.get(keep).await.unwrap().unwrap().status, EventStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_event_is_never_handled() {
+    let herald = bus().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = herald
+        .subscribe("exp", "job.exp")
+        .handle(move |v: u8, _ctx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(v);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    sub.pause();
+    let id = herald.publish("job.exp", &1).ttl(Duration::from_secs(1)).await.unwrap();
+    let live = herald.publish("job.exp", &2).ttl(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sub.resume();
+    assert_eq!(next(&mut rx).await, 2);
+    let rec = settle(&herald, id).await;
+    assert_eq!(rec.status, EventStatus::Expired);
+    assert_eq!(rec.deliveries[0].attempt_count, 0);
+    assert_eq!(settle(&herald, live).await.status, EventStatus::Succeeded);
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn priorities_decide_the_order_among_due_deliveries() {
+    let herald = bus().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = herald
+        .subscribe("prio", "job.prio")
+        .concurrency(1)
+        .handle(move |v: String, _ctx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(v);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    sub.pause();
+    for (name, p) in [
+        ("low", Priority::LOW),
+        ("normal", Priority::NORMAL),
+        ("critical", Priority::CRITICAL),
+        ("high", Priority::HIGH),
+        ("normal2", Priority::NORMAL),
+    ] {
+        herald.publish("job.prio", &name).priority(p).await.unwrap();
+    }
+    sub.resume();
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        order.push(next(&mut rx).await);
+    }
+    assert_eq!(order, vec!["critical", "high", "normal", "normal2", "low"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_limits_are_never_exceeded() {
+    let herald = Herald::builder().system_events(false).workers(5).build().await.unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak_a = Arc::new(AtomicUsize::new(0));
+    let peak_all = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    for (name, limit) in [("a", 3usize), ("b", 100)] {
+        let running = running.clone();
+        let peak_a = peak_a.clone();
+        let peak_all = peak_all.clone();
+        let done = done.clone();
+        let mine = Arc::new(AtomicUsize::new(0));
+        herald
+            .subscribe(name, "job.many")
+            .concurrency(limit)
+            .handle(move |_: u32, _ctx: Context| {
+                let (running, peak_a, peak_all, done, mine) =
+                    (running.clone(), peak_a.clone(), peak_all.clone(), done.clone(), mine.clone());
+                async move {
+                    let now_all = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak_all.fetch_max(now_all, Ordering::SeqCst);
+                    let now_mine = mine.fetch_add(1, Ordering::SeqCst) + 1;
+                    if limit == 3 {
+                        peak_a.fetch_max(now_mine, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    mine.fetch_sub(1, Ordering::SeqCst);
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .await
+            .unwrap();
+    }
+    herald.publish_batch((0..30).map(|i| Message::json("job.many", &i))).await.unwrap();
+    while done.load(Ordering::SeqCst) < 60 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(peak_a.load(Ordering::SeqCst), 3, "subscription a runs at most 3 at once, and does reach 3");
+    assert_eq!(peak_all.load(Ordering::SeqCst), 5, "the pool runs at most 5 at once, and does reach 5");
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_waits_or_fails_when_full() {
+    let herald = Herald::builder().system_events(false).max_pending(3).build().await.unwrap();
+    let mut rx = recorder::<u8>(&herald, "bp", "job.bp").await;
+    // Pause by saturating: the recorder is fast, so publish to a topic nobody drains first.
+    let (tx, mut gate) = mpsc::unbounded_channel::<()>();
+    let gate_tx = tx.clone();
+    let slow = herald
+        .subscribe("held", "job.held")
+        .handle(move |_: u8, _ctx: Context| {
+            let _ = gate_tx.send(());
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .await
+        .unwrap();
+    slow.pause();
+    for i in 0..3 {
+        herald.publish("job.held", &i).await.unwrap();
+    }
+    let err = herald.try_publish("job.bp", &9).await.unwrap_err();
+    assert!(matches!(err, PublishError::Full { max_pending: 3 }), "{err}");
+    assert!(err.to_string().contains("raise `max_pending`"));
+    // `publish` waits for room rather than failing...
+    assert!(timeout(Duration::from_secs(60), herald.publish("job.bp", &1)).await.is_err());
+    // ...and goes through once deliveries finish.
+    slow.resume();
+    for _ in 0..3 {
+        next(&mut gate).await;
+    }
+    timeout(Duration::from_secs(60), herald.publish("job.bp", &2)).await.unwrap().unwrap();
+    assert_eq!(next(&mut rx).await.0, 2);
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_is_a_failed_attempt_and_nothing_else_stops() {
+    let herald = bus().await;
+    let mut others = recorder::<u8>(&herald, "bystander", "job.panic").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    herald
+        .subscribe("panicky", "job.panic")
+        .backoff(Backoff::fixed(Duration::from_millis(5)))
+        .handle(move |_: u8, ctx: Context| {
+            let tx = tx.clone();
+            async move {
+                if ctx.attempt() == 1 {
+                    panic!("boom on attempt one");
+                }
+                let _ = tx.send(ctx.attempt());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let id = herald.publish("job.panic", &1).await.unwrap();
+    assert_eq!(next(&mut rx).await, 2);
+    assert_eq!(next(&mut others).await.0, 1);
+    let rec = settle(&herald, id).await;
+    let d = rec.deliveries.iter().find(|d| d.subscription.as_str() == "panicky").unwrap();
+    assert_eq!(d.status, DeliveryStatus::Succeeded);
+    assert_eq!(d.attempts[0].error.as_deref(), Some("the handler panicked: boom on attempt one"));
+    // The runtime still works.
+    herald.publish("job.panic", &2).await.unwrap();
+    assert_eq!(next(&mut others).await.0, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_and_undecodable_payloads_are_dead_letters_with_reasons() {
+    let herald = Herald::builder().build().await.unwrap();
+    let mut notices = recorder::<DeadLetter>(&herald, "watch-dead", DEAD_LETTER_TOPIC).await;
+    herald
+        .subscribe("strict", "job.strict")
+        .handle(|o: Order, _ctx: Context| async move {
+            if o.id == 0 {
+                return Err(HandlerError::permanent("order 0 does not exist"));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let bad = herald.publish("job.strict", &Order { id: 0 }).await.unwrap();
+    let undecodable = herald.publish("job.strict", &"not an order").await.unwrap();
+
+    let rec = settle(&herald, bad).await;
+    assert_eq!(rec.status, EventStatus::Dead);
+    assert_eq!(rec.deliveries[0].attempt_count, 1);
+    assert_eq!(rec.deliveries[0].last_error.as_deref(), Some("order 0 does not exist"));
+    let rec = settle(&herald, undecodable).await;
+    let reason = rec.deliveries[0].last_error.clone().unwrap();
+    assert!(reason.starts_with("payload does not decode as bus::Order: invalid type: string"), "{reason}");
+
+    let mut seen = vec![next(&mut notices).await.0, next(&mut notices).await.0];
+    seen.sort_by_key(|n| n.event_id);
+    assert_eq!(seen[0].event_id, bad);
+    assert_eq!(seen[0].reason, "order 0 does not exist");
+    assert_eq!(seen[0].subscription.as_str(), "strict");
+    assert_eq!(seen[1].event_id, undecodable);
+
+    let dead = herald.dead_letters().await.unwrap();
+    assert_eq!(dead.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(), vec![undecodable, bad]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_delivery_can_be_retried() {
+    let herald = bus().await;
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = fail.clone();
+    herald
+        .subscribe("once", "job.once")
+        .max_attempts(1)
+        .handle(move |_: u8, _ctx: Context| {
+            let fail = f.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err(HandlerError::msg("not yet"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let id = herald.publish("job.once", &1).await.unwrap();
+    let rec = settle(&herald, id).await;
+    assert_eq!(rec.status, EventStatus::Dead);
+    fail.store(false, Ordering::SeqCst);
+    let delivery = rec.deliveries[0].id;
+    assert_eq!(herald.retry(delivery).await.unwrap(), Requeued::Requeued);
+    let rec = settle(&herald, id).await;
+    assert_eq!(rec.status, EventStatus::Succeeded);
+    assert_eq!(rec.deliveries[0].attempts.len(), 2);
+    assert_eq!(herald.retry(delivery).await.unwrap(), Requeued::NotDead(DeliveryStatus::Succeeded));
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_reply_returns_the_typed_answer() {
+    let herald = bus().await;
+    herald
+        .subscribe("render", "invoice.render")
+        .handle(|o: Order, _ctx: Context| async move { Ok(format!("invoice for order {}", o.id)) })
+        .await
+        .unwrap();
+    let reply: String = herald.request("invoice.render", &Order { id: 3 }).await.unwrap();
+    assert_eq!(reply, "invoice for order 3");
+
+    let err = herald.request::<_, String>("nobody.home", &1).await.unwrap_err();
+    assert!(matches!(err, RequestError::NoHandler(_)), "{err}");
+
+    herald
+        .subscribe("refuse", "invoice.refuse")
+        .handle(|_: u8, _ctx: Context| async move { Err::<u8, _>(HandlerError::permanent("never")) })
+        .await
+        .unwrap();
+    let err = herald.request::<_, u8>("invoice.refuse", &1).await.unwrap_err();
+    assert!(matches!(&err, RequestError::Failed(r) if r == "never"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_timed_out_expires_and_is_never_handled() {
+    let herald = bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let sub = herald
+        .subscribe("busy", "invoice.busy")
+        .handle(move |_: u8, _ctx: Context| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, HandlerError>(1u8) }
+        })
+        .await
+        .unwrap();
+    sub.pause();
+    let t0 = herald.clock().now();
+    let err = herald
+        .request::<_, u8>("invoice.busy", &1)
+        .timeout(Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout(d) if d == Duration::from_millis(500)), "{err}");
+    assert_eq!(herald.clock().now(), t0 + Duration::from_millis(500));
+    sub.resume();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let page = herald.events().topic("invoice.busy").await.unwrap();
+    assert_eq!(page.items[0].status, EventStatus::Expired);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotency_keys_return_the_first_id() {
+    let herald = bus().await;
+    let a = herald.publish("order.paid", &1).key("order-1").await.unwrap();
+    let b = herald.publish("order.paid", &2).key("order-1").await.unwrap();
+    let c = herald.publish("order.paid", &3).key("order-2").await.unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let page = herald.events().key("order-1").await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].event.json::<u8>().unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_queries_filter_and_page() {
+    let herald = bus().await;
+    let _rx = recorder::<u32>(&herald, "hist", "order.*").await;
+    let mut ids = Vec::new();
+    for i in 0..7u32 {
+        let topic = if i % 2 == 0 { "order.paid" } else { "user.signup" };
+        ids.push(herald.publish(topic, &i).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let page = herald.events().topic("order.*").limit(2).await.unwrap();
+    assert_eq!(page.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(), vec![ids[6], ids[4]]);
+    let page = herald.events().topic("order.*").limit(2).after(page.next.unwrap()).await.unwrap();
+    assert_eq!(page.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(), vec![ids[2], ids[0]]);
+    assert_eq!(page.next, None);
+    let unrouted = herald.events().status(EventStatus::Unrouted).limit(100).await.unwrap();
+    assert_eq!(unrouted.items.len(), 3);
+    let by_sub = herald.events().subscription("hist").status(EventStatus::Succeeded).await.unwrap();
+    assert_eq!(by_sub.items.len(), 4);
+    let err = herald.events().topic("Bad Topic").await.unwrap_err();
+    assert!(err.to_string().contains("pattern 'Bad Topic' is invalid"), "{err}");
+    let stats = herald.stats().await.unwrap();
+    assert_eq!((stats.events, stats.unrouted, stats.deliveries.succeeded), (7, 3, 4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_in_flight_attempts() {
+    // A subscription declared in the store before the runtime starts receives `system.startup`
+    // (durable stores keep declarations across restarts, so this is the usual case there).
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let spec = SubscriptionSpec {
+        name: SubscriptionName::new("lifecycle").unwrap(),
+        pattern: Pattern::new("system.*").unwrap(),
+    };
+    store.declare(&spec).await.unwrap();
+    let herald = Herald::builder().shared_store(store).build().await.unwrap();
+    let mut lifecycle = recorder::<Lifecycle>(&herald, "lifecycle", "system.*").await;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = finished.clone();
+    herald
+        .subscribe("work", "job.work")
+        .handle(move |secs: u64, _ctx: Context| {
+            let (f, started_tx) = (f.clone(), started_tx.clone());
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    herald.publish("job.work", &2u64).await.unwrap();
+    next(&mut started).await;
+    let report = herald.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+    assert_eq!((report.drained, report.interrupted), (1, 0));
+    let err = herald.publish("job.work", &1u64).await.unwrap_err();
+    assert!(matches!(err, PublishError::ShuttingDown));
+    let topics: Vec<_> = [next(&mut lifecycle).await.0, next(&mut lifecycle).await.0]
+        .iter()
+        .map(|l| l.node.clone())
+        .collect();
+    assert_eq!(topics, vec![herald.node().to_owned(), herald.node().to_owned()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_what_outlives_the_deadline_and_releases_it() {
+    let herald = bus().await;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    herald
+        .subscribe("long", "job.long")
+        .no_timeout()
+        .handle(move |_: u8, _ctx: Context| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let id = herald.publish("job.long", &1).await.unwrap();
+    next(&mut started).await;
+    let t0 = herald.clock().now();
+    let report = herald.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(herald.clock().now(), t0 + Duration::from_secs(2));
+    assert_eq!(report.interrupted, 1);
+    assert_eq!(report.unfinished, Some(1));
+    let rec = herald.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.status, EventStatus::Pending, "released, to run again");
+    assert_eq!(rec.deliveries[0].attempt_count, 0, "the interrupted attempt does not count");
+}
