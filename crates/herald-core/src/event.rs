@@ -323,7 +323,7 @@ impl Event {
 
     /// Its parts.
     pub fn into_parts(self) -> EventParts {
-        let extra = self.extra.map(|e| Arc::unwrap_or_clone(e)).unwrap_or_default();
+        let extra = self.extra.map(Arc::unwrap_or_clone).unwrap_or_default();
         EventParts {
             id: self.id,
             topic: self.topic,

@@ -1,4 +1,5 @@
 //! The in-process bus, end to end on tokio's paused clock: every timing assertion is exact.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -428,7 +429,7 @@ async fn permanent_errors_and_undecodable_payloads_are_dead_letters_with_reasons
     let reason = rec.deliveries[0].last_error.clone().unwrap();
     assert!(reason.starts_with("payload does not decode as bus::Order: invalid type: string"), "{reason}");
 
-    let mut seen = vec![next(&mut notices).await.0, next(&mut notices).await.0];
+    let mut seen = [next(&mut notices).await.0, next(&mut notices).await.0];
     seen.sort_by_key(|n| n.event_id);
     assert_eq!(seen[0].event_id, bad);
     assert_eq!(seen[0].reason, "order 0 does not exist");

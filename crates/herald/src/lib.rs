@@ -1,1 +1,49 @@
-//! placeholder
+//! # herald
+//!
+//! Reliable events for Rust services: publish an event now, later or at a time, and have every
+//! subscription whose pattern matches its topic handle it — with retries and exponential backoff,
+//! per-attempt timeouts, panic isolation, a dead-letter set, priorities, request/reply, and a
+//! history of every event and attempt to query.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald::Error> {
+//! use herald::{Context, HandlerError, Herald};
+//! use serde::{Deserialize, Serialize};
+//! use std::time::Duration;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderPaid { order: u64, cents: u64 }
+//!
+//! let herald = Herald::builder().build().await?;
+//!
+//! herald
+//!     .subscribe("receipts", "order.paid")
+//!     .max_attempts(5)
+//!     .timeout(Duration::from_secs(10))
+//!     .handle(|paid: OrderPaid, ctx: Context| async move {
+//!         println!("receipt for order {} (attempt {})", paid.order, ctx.attempt());
+//!         Ok::<_, HandlerError>(())
+//!     })
+//!     .await?;
+//!
+//! herald.publish("order.paid", &OrderPaid { order: 7, cents: 1999 }).await?;
+//! herald
+//!     .publish("order.paid", &OrderPaid { order: 8, cents: 500 })
+//!     .delay(Duration::from_secs(30))
+//!     .await?;
+//!
+//! herald.shutdown(Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Where things are
+//! - [`Herald`]: publish ([`Herald::publish`], [`Herald::publish_batch`], [`Herald::request`]),
+//!   subscribe ([`Herald::subscribe`]), cancel, retry, query ([`Herald::events`]), shut down.
+//! - [`Store`]: where events live. [`MemoryStore`] is the in-process default; durable stores
+//!   come as features of this crate.
+//! - Topics are dotted lowercase names (`order.paid`); patterns add `*` (one segment) and a final
+//!   `>` (the rest).
+//! - Metrics go through the `metrics` facade (see the names in the README); spans through
+//!   `tracing`.
+
+pub use herald_core::*;

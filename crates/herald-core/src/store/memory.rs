@@ -330,14 +330,7 @@ impl State {
             let Some(&Reverse((until, at, token))) = s.leases.peek() else {
                 return;
             };
-            let counts = &mut self.counts;
-            let live = match delivery_mut(&mut self.slots, at) {
-                Some((rec, i)) => {
-                    let d = &rec.deliveries[i];
-                    d.status == DeliveryStatus::Active && d.token == token
-                }
-                None => false,
-            };
+            let live = self.holds_lease(at, token, until);
             if live && until > now {
                 return;
             }
@@ -347,6 +340,7 @@ impl State {
             if !live {
                 continue;
             }
+            let counts = &mut self.counts;
             let Some((rec, i)) = delivery_mut(&mut self.slots, at) else {
                 continue;
             };
@@ -363,19 +357,54 @@ impl State {
         }
     }
 
+    /// Whether the lease entry `(until, at, token)` still holds the delivery. An extension pushes a
+    /// new entry with the same token, so an entry holds only if its end is the delivery's.
+    fn holds_lease(&self, at: Ref, token: u64, until: Timestamp) -> bool {
+        self.rec(at)
+            .and_then(|rec| rec.deliveries.get(usize::from(at.idx)))
+            .is_some_and(|d| d.status == DeliveryStatus::Active && d.token == token && d.lease_until == until)
+    }
+
+    /// Whether the scheduled entry `(due, at)` still names a delivery waiting for that time.
+    fn waits_until(&self, at: Ref, due: Timestamp) -> bool {
+        self.rec(at)
+            .and_then(|rec| rec.deliveries.get(usize::from(at.idx)))
+            .is_some_and(|d| matches!(d.status, DeliveryStatus::Scheduled | DeliveryStatus::Retrying) && d.due == due)
+    }
+
     fn next_scheduled(&mut self, sub: u32) -> Option<Timestamp> {
         loop {
             let s = self.subs.get_mut(sub as usize)?;
             let &Reverse((due, at)) = s.scheduled.peek()?;
-            let valid = self.rec(at).is_some_and(|rec| {
-                let d = &rec.deliveries[usize::from(at.idx)];
-                matches!(d.status, DeliveryStatus::Scheduled | DeliveryStatus::Retrying) && d.due == due
-            });
-            if valid {
+            if self.waits_until(at, due) {
                 return Some(due);
             }
             self.subs.get_mut(sub as usize)?.scheduled.pop();
         }
+    }
+
+    /// The earliest due time or lease end of `sub` strictly after `after`. The tops of the heaps
+    /// answer it, unless one is not after `after` (a lease that ran out and was not reclaimed yet,
+    /// or `after` ahead of the clock): then the heaps are scanned.
+    fn next_after(&mut self, sub: u32, after: Timestamp) -> Option<Timestamp> {
+        self.reclaim(sub, Timestamp::EPOCH);
+        let scheduled = self.next_scheduled(sub);
+        let s = self.subs.get(sub as usize)?;
+        let lease = s.leases.peek().map(|Reverse((until, _, _))| *until);
+        if scheduled.is_none_or(|t| t > after) && lease.is_none_or(|t| t > after) {
+            return scheduled.into_iter().chain(lease).min();
+        }
+        let scheduled = s
+            .scheduled
+            .iter()
+            .filter(|Reverse((due, at))| *due > after && self.waits_until(*at, *due))
+            .map(|Reverse((due, _))| *due);
+        let leases = s
+            .leases
+            .iter()
+            .filter(|Reverse((until, at, token))| *until > after && self.holds_lease(*at, *token, *until))
+            .map(|Reverse((until, _, _))| *until);
+        scheduled.chain(leases).min()
     }
 
     fn remove(&mut self, at: Ref) {
@@ -836,18 +865,16 @@ impl Store for MemoryStore {
         subscriptions: &[SubscriptionName],
         after: Timestamp,
     ) -> Result<Option<Timestamp>, StoreError> {
+        let now = self.clock.now();
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut earliest: Option<Timestamp> = None;
         for name in subscriptions {
             let Ok(sub) = st.sub_index(name) else { continue };
-            st.promote(sub, after);
-            st.reclaim(sub, Timestamp::EPOCH);
-            let lease = st.subs[sub as usize].leases.peek().map(|Reverse((t, _, _))| *t);
-            for t in [st.next_scheduled(sub), lease].into_iter().flatten() {
-                if t > after {
-                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
-                }
+            // Only what is due by the clock may become pending: `after` may lie ahead of it.
+            st.promote(sub, after.min(now));
+            if let Some(t) = st.next_after(sub, after) {
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
             }
         }
         Ok(earliest)
@@ -918,8 +945,13 @@ impl Store for MemoryStore {
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
-        let guard = self.lock();
-        let st = &*guard;
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        // Count scheduled deliveries whose time has come as pending, as `get` and `query` show them.
+        for sub in 0..u32::try_from(st.subs.len()).unwrap_or(u32::MAX) {
+            st.promote(sub, now);
+        }
         Ok(Stats {
             events: st.by_id.len() as u64,
             unrouted: st.unrouted,

@@ -470,7 +470,6 @@ impl EventRecord {
 /// # Ok::<(), herald_core::TopicError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct EventFilter {
     /// Topics matching this pattern.
     pub topic: Option<Pattern>,
