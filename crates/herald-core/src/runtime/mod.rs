@@ -45,6 +45,20 @@ pub const STARTUP_TOPIC: &str = "system.startup";
 pub const SHUTDOWN_TOPIC: &str = "system.shutdown";
 
 /// The payload of a `herald.event.dead` event: a delivery died.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Context, DeadLetter, HandlerError, Herald, DEAD_LETTER_TOPIC};
+/// let herald = Herald::builder().build().await?;
+/// herald
+///     .subscribe("alerts", DEAD_LETTER_TOPIC)
+///     .handle(|dead: DeadLetter, _ctx: Context| async move {
+///         eprintln!("{} on {} died after {} attempts: {}", dead.event_id, dead.subscription, dead.attempts, dead.reason);
+///         Ok::<_, HandlerError>(())
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeadLetter {
@@ -401,6 +415,18 @@ impl Herald {
 
     /// Requeues a dead delivery: it becomes pending, due now, for one more attempt (its history is
     /// kept and its attempt count goes on from where it stopped).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+    /// use herald_core::{Herald, Requeued};
+    /// let herald = Herald::builder().build().await?;
+    /// for record in herald.dead_letters().limit(100).await?.items {
+    ///     for delivery in record.deliveries.iter().filter(|d| d.status == herald_core::DeliveryStatus::Dead) {
+    ///         assert_eq!(herald.retry(delivery.id).await?, Requeued::Requeued);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn retry(&self, delivery: DeliveryId) -> Result<Requeued, StoreError> {
         self.inner.store.retry(delivery).await
     }

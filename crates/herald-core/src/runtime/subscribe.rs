@@ -127,31 +127,7 @@ impl SubscriptionBuilder<'_> {
         self
     }
 
-    /// Runs `handler` for each delivery, with the payload decoded from JSON as `T`. A payload that
-    /// does not decode goes to the dead-letter set with the reason. The handler's `Ok` value is the
-    /// reply to requests (return `()` otherwise).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
-    /// use herald_core::{Herald, HandlerError, Context, Backoff};
-    /// use std::time::Duration;
-    /// let herald = Herald::builder().build().await?;
-    /// let sub = herald
-    ///     .subscribe("mailer", "user.>")
-    ///     .max_attempts(3)
-    ///     .backoff(Backoff::exponential(Duration::from_millis(200)))
-    ///     .timeout(Duration::from_secs(10))
-    ///     .concurrency(4)
-    ///     .handle(|email: String, _ctx: Context| async move {
-    ///         if email.is_empty() {
-    ///             return Err(HandlerError::permanent("no address"));
-    ///         }
-    ///         Ok(())
-    ///     })
-    ///     .await?;
-    /// assert_eq!(sub.name().as_str(), "mailer");
-    /// # Ok(()) }
-    /// ```
+    #[doc = include_str!("../docs/handlers.md")]
     pub async fn handle<T, R, F, Fut>(self, handler: F) -> Result<Subscription, SubscribeError>
     where
         T: DeserializeOwned + Send + 'static,
@@ -247,6 +223,20 @@ impl Herald {
 }
 
 /// A running subscription: pause and resume it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Context, HandlerError, Herald};
+/// let herald = Herald::builder().build().await?;
+/// let sub = herald
+///     .subscribe("exports", "report.ready")
+///     .handle(|_: serde_json::Value, _ctx: Context| async { Ok::<_, HandlerError>(()) })
+///     .await?;
+/// sub.pause(); // deliveries wait in the store
+/// assert!(sub.is_paused());
+/// sub.resume(); // and run again
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Subscription {
     sub: Arc<LocalSub>,
