@@ -428,7 +428,7 @@ impl Herald {
     /// # Ok(()) }
     /// ```
     pub async fn retry(&self, delivery: DeliveryId) -> Result<Requeued, StoreError> {
-        self.inner.store.retry(delivery).await
+        self.inner.store.requeue(delivery).await
     }
 
     /// One event with its deliveries and their attempts.

@@ -541,6 +541,12 @@ impl Store for MemoryStore {
                 out.push(Published::Duplicate { id: first });
                 continue;
             }
+            // A publish retried with the same event id (a client that lost the answer) stores
+            // nothing new.
+            if st.by_id.contains_key(&event.id()) {
+                out.push(Published::Duplicate { id: event.id() });
+                continue;
+            }
             let routes = st.route(event.topic());
             let id = event.id();
             let due = event.deliver_at();
@@ -664,6 +670,9 @@ impl Store for MemoryStore {
             if let Some(s) = st.subs.get_mut(sub as usize) {
                 s.leases.push(Reverse((lease_until, at, token)));
             }
+        }
+        if !expired.is_empty() {
+            metrics::counter!("herald_deliveries_expired_total").increment(expired.len() as u64);
         }
         for at in expired {
             st.close_one(at, now);
@@ -833,7 +842,7 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn retry(&self, id: DeliveryId) -> Result<Requeued, StoreError> {
+    async fn requeue(&self, id: DeliveryId) -> Result<Requeued, StoreError> {
         let now = self.clock.now();
         let mut guard = self.lock();
         let st = &mut *guard;

@@ -98,10 +98,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Vec<Claimed>, StoreError>;
 
     /// Pushes the leases out to `lease` from now. Returns, per lease, whether it was still held.
+    ///
+    /// A lease is held until another claim takes the delivery: a lease whose time ran out but that
+    /// no claim has taken yet is still held, and extending it revives it. (The same rule fences
+    /// [`complete`](Store::complete).)
     async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>, StoreError>;
 
     /// Records the outcomes of attempts. Each is fenced by its lease token: an outcome whose lease
     /// was lost (expired and claimed again) is refused as [`Completion::Stale`].
+    ///
+    /// When a claim takes a delivery whose lease ran out, the store records the abandoned attempt
+    /// as [`AttemptOutcome::LeaseExpired`], finished at the time of that claim.
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError>;
 
     /// Ends every delivery of the event that has not started (scheduled, pending or retrying) with
@@ -109,10 +116,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError>;
 
     /// Makes a dead delivery pending again, due now, with its attempt history kept.
-    async fn retry(&self, id: DeliveryId) -> Result<Requeued, StoreError>;
+    async fn requeue(&self, id: DeliveryId) -> Result<Requeued, StoreError>;
 
     /// The earliest time strictly after `after` at which a delivery of one of `subscriptions`
-    /// becomes due or a lease of theirs runs out.
+    /// becomes due or a lease of theirs runs out. Names the store does not know are ignored.
     async fn next_due(
         &self,
         subscriptions: &[SubscriptionName],

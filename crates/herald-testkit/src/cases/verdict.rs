@@ -112,7 +112,7 @@ pub async fn dead_verdict_ends_the_delivery_and_retry_requeues_it<S: Store + ?Si
     advance(Duration::from_secs(60)).await;
     let now = store.clock().now();
     assert_eq!(
-        store.retry(d.id).await?,
+        store.requeue(d.id).await?,
         Requeued::Requeued,
         "a dead delivery can be retried"
     );
@@ -131,7 +131,7 @@ pub async fn dead_verdict_ends_the_delivery_and_retry_requeues_it<S: Store + ?Si
     assert_eq!(second.attempt, 2, "the next attempt after a requeue is attempt 2");
     assert_eq!(second.due, now);
     assert_eq!(
-        store.retry(DeliveryId::new()).await?,
+        store.requeue(DeliveryId::new()).await?,
         Requeued::NotFound,
         "retry of an unknown delivery is not found"
     );
@@ -163,7 +163,7 @@ pub async fn retry_refuses_a_delivery_that_is_not_dead<S: Store + ?Sized>(store:
         let d = delivery(&before, sub);
         assert_eq!(d.status, status, "the setup left this delivery {status}");
         assert_eq!(
-            store.retry(d.id).await?,
+            store.requeue(d.id).await?,
             Requeued::NotDead(status),
             "retry of a {status} delivery"
         );

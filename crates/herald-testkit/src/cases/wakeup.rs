@@ -73,7 +73,7 @@ pub async fn retry_release_and_requeue_wake_with_the_due_time<S: Store + ?Sized>
     settle(store, c.lease, Verdict::Dead { reason: "bad".into() }).await?;
     advance(Duration::from_secs(1)).await;
     let now = store.clock().now();
-    store.retry(c.lease.delivery).await?;
+    store.requeue(c.lease.delivery).await?;
     assert_eq!(
         next_wakeup(&mut wakeups).await,
         Some(Wakeup::Due(now)),
