@@ -118,6 +118,7 @@ pub struct ShutdownReport {
 #[must_use = "a builder does nothing until `build` is awaited"]
 pub struct HeraldBuilder {
     store: Option<Arc<dyn Store>>,
+    store_error: Option<StoreError>,
     workers: usize,
     max_pending: Option<u64>,
     lease: Duration,
@@ -141,6 +142,16 @@ impl HeraldBuilder {
     /// The store (default: a new [`MemoryStore`]).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A store that may have failed to open: the error is reported by [`build`](Self::build), so
+    /// that builder methods of store crates (such as `.sqlite(path)`) can chain.
+    pub fn try_store<S: Store>(mut self, store: Result<S, StoreError>) -> Self {
+        match store {
+            Ok(s) => self.store = Some(Arc::new(s)),
+            Err(e) => self.store_error = Some(e),
+        }
         self
     }
 
@@ -199,6 +210,9 @@ impl HeraldBuilder {
 
     /// Starts the runtime: the timer, maintenance, and `system.startup`.
     pub async fn build(self) -> Result<Herald, Error> {
+        if let Some(e) = self.store_error {
+            return Err(Error::Store(e));
+        }
         if self.workers == 0 {
             return Err(Error::Config("workers must be at least 1"));
         }
@@ -378,6 +392,7 @@ impl Herald {
     pub fn builder() -> HeraldBuilder {
         HeraldBuilder {
             store: None,
+            store_error: None,
             workers: 64,
             max_pending: Some(100_000),
             lease: Duration::from_secs(30),
