@@ -23,9 +23,10 @@
 //! - request/reply: 32 requester tasks, each awaiting one `herald.request(..)` at a time (the handler
 //!   returns n + 1). Baseline: 32 requesters sending `(n, oneshot::Sender)` over a tokio `mpsc` to one
 //!   server task that answers each at once.
-//! - lateness: N events published up front with `.at(t)`, t uniformly random over a 5 s window that opens
-//!   1 s later (room for the publishing); the handler compares `Instant::now()` with the instant the
-//!   herald clock maps the due time to, at microsecond resolution.
+//! - lateness: 100,000 events published up front (`publish_batch`, 1,000 at a time) with `.at(t)`, t
+//!   uniformly random over a 5 s window that opens 1 s later (room for the publishing); the handler
+//!   compares `Instant::now()` with the instant the herald clock maps the due time to, at microsecond
+//!   resolution. For comparison it also prints the floor tokio's 1 ms timer sets on the same schedule.
 //! - memory: in a child process (the bench binary re-invoked with `HERALD_BENCH_CHILD=memory`), RSS
 //!   (`/proc/self/statm`) before and after 1,000,000 events are scheduled an hour ahead, each with a JSON
 //!   string payload whose encoding is 64 bytes.
@@ -34,7 +35,9 @@
 //! included): one round is one pass of N events or round trips.
 //!
 //! Environment:
-//! - `HERALD_BENCH_QUICK=1` (or criterion's `--test`): every case once, smaller N, no criterion.
+//! - `HERALD_BENCH_QUICK=1` (also when run as criterion would test: `--test`, or no `--bench` as under
+//!   `cargo test --benches`): every case once with smaller N (10,000 events, 2,000 round trips, 10,000
+//!   delayed events over 1 s, 100,000 scheduled events), no criterion.
 //! - `HERALD_BENCH_ONLY=throughput,request_reply,lateness,memory`: run only these cases (for profiling).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,7 +48,7 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use herald_core::{Context, HandlerError, Herald, MemoryStore, Message};
+use herald_core::{Clock, Context, HandlerError, Herald, MemoryStore, Message};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -85,13 +88,17 @@ const QUICK: Sizes = Sizes {
 };
 
 fn main() {
-    let quick = std::env::var_os("HERALD_BENCH_QUICK").is_some_and(|v| v != "0" && !v.is_empty())
-        || std::env::args().any(|a| a == "--test");
-    let sizes = if quick { QUICK } else { FULL };
+    let quick_env = std::env::var_os("HERALD_BENCH_QUICK").is_some_and(|v| v != "0" && !v.is_empty());
     if std::env::var("HERALD_BENCH_CHILD").as_deref() == Ok("memory") {
-        memory_child(sizes.memory_events);
+        // The parent says through the environment which size to use.
+        memory_child(if quick_env { QUICK } else { FULL }.memory_events);
         return;
     }
+    // Like criterion: without `--bench` (as under `cargo test --benches`) or with `--test`, a smoke run.
+    let args: Vec<String> = std::env::args().collect();
+    let test_mode = args.iter().any(|a| a == "--test") || !args.iter().any(|a| a == "--bench");
+    let quick = quick_env || test_mode;
+    let sizes = if quick { QUICK } else { FULL };
     let only = std::env::var("HERALD_BENCH_ONLY").ok();
     let wants = |case: &str| only.as_deref().is_none_or(|o| o.split(',').any(|c| c.trim() == case));
     if quick {
@@ -174,18 +181,42 @@ impl Sink {
     }
 }
 
-/// The rate of every round (events or round trips per second).
+/// The rate of every round (events or round trips per second), and the CPU time they took.
 #[derive(Default)]
-struct Rates(Mutex<Vec<f64>>);
+struct Rates {
+    rates: Mutex<Vec<f64>>,
+    /// Elements done and process CPU time (all threads) spent in the rounds: steadier than wall time
+    /// on a machine shared with other work.
+    cpu: Mutex<(u64, Duration)>,
+}
 
 impl Rates {
-    fn add(&self, n: u64, d: Duration) {
-        self.0.lock().unwrap().push(n as f64 / d.as_secs_f64());
+    fn add(&self, n: u64, d: Duration, cpu: Duration) {
+        self.rates.lock().unwrap().push(n as f64 / d.as_secs_f64());
+        let mut c = self.cpu.lock().unwrap();
+        c.0 += n;
+        c.1 += cpu;
+    }
+
+    /// `min/median/max over n rounds, CPU per element`, for a human reading the spread.
+    fn spread(&self) -> String {
+        let mut v = self.rates.lock().unwrap().clone();
+        v.sort_by(f64::total_cmp);
+        let (n, cpu) = *self.cpu.lock().unwrap();
+        match (v.first(), v.last()) {
+            (Some(lo), Some(hi)) => format!(
+                "min {lo:.0} / median {:.0} / max {hi:.0} per s over {} rounds; {:.2} us of CPU each",
+                v[v.len() / 2],
+                v.len(),
+                cpu.as_secs_f64() * 1e6 / n as f64
+            ),
+            _ => "no rounds".into(),
+        }
     }
 
     /// The median rate; `None` when criterion's filter skipped the case.
     fn median(&self) -> Option<f64> {
-        let mut v = self.0.lock().unwrap().clone();
+        let mut v = self.rates.lock().unwrap().clone();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()
     }
@@ -205,8 +236,9 @@ where
                     async move {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
+                            let cpu = cpu_time();
                             let (n, d) = round().await;
-                            rates.add(n, d);
+                            rates.add(n, d, cpu_time().saturating_sub(cpu));
                             total += d;
                         }
                         total
@@ -215,10 +247,23 @@ where
             });
         }
         None => {
+            let cpu = cpu_time();
             let (n, d) = rt.block_on(round());
-            rates.add(n, d);
+            rates.add(n, d, cpu_time().saturating_sub(cpu));
         }
     }
+}
+
+/// CPU time of this process so far, all threads, from `/proc/self/stat` (user + system, in clock
+/// ticks of 10 ms: the usual `USER_HZ`).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat (Linux only)");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
 }
 
 fn group<'a>(c: Option<&'a mut Criterion>, name: &str, elements: u64) -> Option<BenchmarkGroup<'a, WallTime>> {
@@ -249,6 +294,8 @@ async fn check_exactly_once(herald: &Herald, what: &str, published: u64, handled
         eprintln!(
             "herald bench: BUG in {what}: published {published}, handled {handled}; shutdown {report:?}; stats {stats:?}"
         );
+    } else {
+        println!("herald bench: {what}: {published} published, each handled exactly once, none left unfinished");
     }
 }
 
@@ -373,6 +420,13 @@ fn throughput(rt: &Runtime, c: Option<&mut Criterion>, n: u64) {
         )
         .await;
     });
+    for (name, rates) in [
+        ("herald publish", &single),
+        ("herald publish_batch", &batched),
+        ("async_channel", &baseline),
+    ] {
+        println!("herald bench: throughput, {name}: {}", rates.spread());
+    }
     let base = baseline.median();
     for (name, rates) in [("bus_throughput", &single), ("bus_throughput_batch", &batched)] {
         match (rates.median(), base) {
@@ -486,6 +540,9 @@ fn request_reply(rt: &Runtime, c: Option<&mut Criterion>, m: u64) {
         )
         .await;
     });
+    for (name, rates) in [("herald request", &bus_rates), ("mpsc + oneshot", &baseline)] {
+        println!("herald bench: request/reply, {name}: {}", rates.spread());
+    }
     match (bus_rates.median(), baseline.median()) {
         (Some(r), Some(base)) => println!(
             "BENCH bus_request_reply per_s={r:.0} baseline_per_s={base:.0} ratio={:.3}",
@@ -505,7 +562,7 @@ fn lateness(rt: &Runtime, n: usize, window_ms: u64) {
     let sink = Arc::new(Sink::default());
     let duplicates = Arc::new(AtomicU64::new(0));
     let base = Instant::now();
-    rt.block_on(async {
+    let clock = rt.block_on(async {
         let herald = bus((2 * n as u64).max(100_000)).await;
         let (late, s, dup) = (late_us.clone(), sink.clone(), duplicates.clone());
         herald
@@ -553,6 +610,7 @@ fn lateness(rt: &Runtime, n: usize, window_ms: u64) {
         }
         sink.wait("bus_lateness").await;
         check_exactly_once(&herald, "bus_lateness", n as u64, sink.total.load(Ordering::Relaxed)).await;
+        clock
     });
     let mut v: Vec<i64> = late_us.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     let unseen = v.iter().filter(|&&x| x == UNSEEN).count();
@@ -562,21 +620,60 @@ fn lateness(rt: &Runtime, n: usize, window_ms: u64) {
     }
     v.retain(|&x| x != UNSEEN);
     v.sort_unstable();
-    let pct = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0;
     let early = v.iter().filter(|&&x| x < 0).count();
     println!(
-        "herald bench: lateness of {} events over {window_ms} ms: min {:.3} ms, p90 {:.3} ms, p999 {:.3} ms, {early} started before their due instant",
+        "herald bench: lateness of {} events over {window_ms} ms: min {:.3} ms, p90 {:.3} ms, p999 {:.3} ms, \
+         {early} started before their due instant",
         v.len(),
-        pct(0.0),
-        pct(0.90),
-        pct(0.999),
+        pct(&v, 0.0),
+        pct(&v, 0.90),
+        pct(&v, 0.999),
+    );
+    let floor = lateness_floor(rt, clock, n, window_ms);
+    println!(
+        "herald bench: lateness floor (one tokio task sleeping until each of {n} due instants, same clock): p50 {:.3} ms, \
+         p99 {:.3} ms, max {:.3} ms",
+        pct(&floor, 0.50),
+        pct(&floor, 0.99),
+        pct(&floor, 1.0)
     );
     println!(
         "BENCH bus_lateness p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
-        pct(0.50),
-        pct(0.99),
-        pct(1.0)
+        pct(&v, 0.50),
+        pct(&v, 0.99),
+        pct(&v, 1.0)
     );
+}
+
+/// The `p` quantile (0..=1) of sorted microseconds, in milliseconds.
+fn pct(sorted: &[i64], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1000.0
+}
+
+/// What tokio's timer alone gives on the same schedule: one task sleeping until each due instant in
+/// turn (as herald's timer does), recording how late it woke. The due times are whole milliseconds of
+/// the same herald clock, so they have the same phase against tokio's 1 ms timer ticks as the
+/// runtime's had. Sorted microseconds.
+fn lateness_floor(rt: &Runtime, clock: Clock, n: usize, window_ms: u64) -> Vec<i64> {
+    rt.block_on(async {
+        let opens = clock.now() + Duration::from_millis(100);
+        let mut due: Vec<Instant> = (0..n)
+            .map(|_| clock.instant_at(opens + Duration::from_millis(fastrand::u64(..window_ms))))
+            .collect();
+        due.sort_unstable();
+        let timer = tokio::spawn(async move {
+            let mut late = Vec::with_capacity(due.len());
+            for d in due {
+                tokio::time::sleep_until(d).await;
+                late.push(i64::try_from(Instant::now().duration_since(d).as_micros()).unwrap());
+            }
+            late
+        });
+        let mut late = timer.await.unwrap();
+        late.sort_unstable();
+        late
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -593,10 +690,8 @@ fn rss_bytes() -> u64 {
 fn memory_in_child(quick: bool) {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = std::process::Command::new(exe);
-    cmd.env("HERALD_BENCH_CHILD", "memory");
-    if quick {
-        cmd.env("HERALD_BENCH_QUICK", "1");
-    }
+    cmd.env("HERALD_BENCH_CHILD", "memory")
+        .env("HERALD_BENCH_QUICK", if quick { "1" } else { "0" });
     let status = cmd.status().unwrap();
     assert!(status.success(), "the memory bench child failed: {status}");
 }

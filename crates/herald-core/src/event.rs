@@ -2,7 +2,9 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,29 @@ use uuid::Uuid;
 
 use crate::time::Timestamp;
 use crate::topic::Topic;
+
+/// A UUIDv7: 48 bits of Unix milliseconds, a 12-bit sequence that keeps ids monotonic within the
+/// process, and 62 random bits from a thread-local generator. (`Uuid::now_v7` asks the operating
+/// system for randomness on every call, which showed up as a tenth of the bus's time.)
+fn new_v7() -> Uuid {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        & ((1 << 48) - 1);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    let stamp = loop {
+        let next = (now_ms << 12).max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(p) => prev = p,
+        }
+    };
+    let (ms, seq) = (stamp >> 12, stamp & 0xfff);
+    let high = (ms << 16) | 0x7000 | seq;
+    let low = (fastrand::u64(..) >> 2) | 0x8000_0000_0000_0000;
+    Uuid::from_u64_pair(high, low)
+}
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -21,7 +46,7 @@ macro_rules! uuid_id {
         impl $name {
             /// A new time-ordered (UUIDv7) id.
             pub fn new() -> Self {
-                $name(Uuid::now_v7())
+                $name(new_v7())
             }
 
             /// The id from its UUID.
@@ -211,6 +236,27 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     }
 }
 
+/// Encodes `value` as JSON into an allocation of exactly its size: serialising into a fresh `Vec`
+/// leaves spare capacity that a payload would carry for as long as it is stored.
+pub(crate) fn encode_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_json::Error> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let mut buf = buf
+            .try_borrow_mut()
+            .map_err(|_| <serde_json::Error as serde::ser::Error>::custom("re-entrant serialisation"))?;
+        buf.clear();
+        serde_json::to_writer(&mut *buf, value)?;
+        let bytes = Bytes::copy_from_slice(&buf);
+        if buf.capacity() > 64 * 1024 {
+            // Do not keep a huge buffer alive because of one large payload.
+            *buf = Vec::new();
+        }
+        Ok(bytes)
+    })
+}
+
 /// The content type of a payload when none is given.
 pub const JSON: &str = "application/json";
 
@@ -233,7 +279,8 @@ pub struct Event {
     payload: Bytes,
     published_at: Timestamp,
     deliver_at: Timestamp,
-    expires_at: Option<Timestamp>,
+    // `Timestamp::MAX` for never: half the size of an `Option`, and every stored event carries it.
+    expires_at: Timestamp,
     priority: Priority,
     // What most events lack lives behind one pointer, so a scheduled event stays small in memory.
     extra: Option<Arc<Extra>>,
@@ -315,7 +362,7 @@ impl Event {
             payload: p.payload,
             published_at: p.published_at,
             deliver_at: p.deliver_at,
-            expires_at: p.expires_at,
+            expires_at: p.expires_at.unwrap_or(Timestamp::MAX),
             priority: p.priority,
             extra: (extra != Extra::default()).then(|| Arc::new(extra)),
         }
@@ -334,7 +381,7 @@ impl Event {
             priority: self.priority,
             published_at: self.published_at,
             deliver_at: self.deliver_at,
-            expires_at: self.expires_at,
+            expires_at: (self.expires_at != Timestamp::MAX).then_some(self.expires_at),
             key: extra.key,
             reply_to: extra.reply_to,
         }
@@ -391,12 +438,12 @@ impl Event {
 
     /// When it expires unhandled, if ever.
     pub fn expires_at(&self) -> Option<Timestamp> {
-        self.expires_at
+        (self.expires_at != Timestamp::MAX).then_some(self.expires_at)
     }
 
     /// Whether it has expired at `now`.
     pub fn is_expired_at(&self, now: Timestamp) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
+        self.expires_at <= now
     }
 
     /// Its idempotency key.
@@ -423,7 +470,7 @@ impl fmt::Debug for Event {
             .field("payload_len", &self.payload.len())
             .field("priority", &self.priority)
             .field("deliver_at", &self.deliver_at)
-            .field("expires_at", &self.expires_at)
+            .field("expires_at", &self.expires_at())
             .field("key", &self.key())
             .finish_non_exhaustive()
     }
@@ -443,3 +490,20 @@ impl PartialEq for Event {
 }
 
 impl Eq for Event {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_version_7_and_strictly_increasing() {
+        let ids: Vec<EventId> = (0..10_000).map(|_| EventId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let u = ids[0].as_uuid();
+        assert_eq!(u.get_version_num(), 7);
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+        let (secs, _) = u.get_timestamp().map(|t| t.to_unix()).unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(secs) < 5, "the timestamp is the wall clock");
+    }
+}

@@ -216,8 +216,8 @@ fn encode_reply<R: Serialize>(reply: R, ctx: &Context) -> AttemptResult {
     if ctx.event.reply_to().is_none() {
         return Ok(None);
     }
-    match serde_json::to_vec(&reply) {
-        Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+    match crate::event::encode_json(&reply) {
+        Ok(bytes) => Ok(Some(bytes)),
         Err(e) => Err(HandlerError::permanent(Message(format!(
             "the reply could not be encoded as JSON: {e}"
         )))),

@@ -239,6 +239,7 @@ impl HeraldBuilder {
             replies: Mutex::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
             room: Notify::new(),
+            room_waiters: std::sync::atomic::AtomicUsize::new(0),
             timer_refresh: Notify::new(),
             closing: AtomicBool::new(false),
             stop_claiming: CancellationToken::new(),
@@ -280,6 +281,8 @@ pub(crate) struct Inner {
     pub(crate) topics: RwLock<HashMap<Topic, metrics::Counter>>,
     /// Signalled when deliveries finish, for publishers waiting for room.
     pub(crate) room: Notify,
+    /// How many publishers (or shutdown) wait on `room`.
+    pub(crate) room_waiters: std::sync::atomic::AtomicUsize,
     /// Signalled when the timer should ask the store again (a new subscription).
     pub(crate) timer_refresh: Notify,
     pub(crate) closing: AtomicBool,
@@ -296,8 +299,15 @@ pub(crate) struct Inner {
 impl Inner {
     /// Wakes every local dispatcher: something may be due.
     pub(crate) fn notify_dispatchers(&self) {
-        for sub in self.subs_snapshot() {
+        for sub in self.subs.read().unwrap_or_else(|p| p.into_inner()).iter() {
             sub.wake.notify_one();
+        }
+    }
+
+    /// Tells publishers waiting for room that deliveries finished. Cheap when nobody waits.
+    pub(crate) fn made_room(&self) {
+        if self.room_waiters.load(Ordering::Relaxed) > 0 {
+            self.room.notify_waiters();
         }
     }
 
@@ -330,6 +340,7 @@ impl Inner {
 
     /// Waits until every delivery of `id` is finished, or until `deadline`.
     async fn wait_finished(&self, id: EventId, deadline: Instant) {
+        let _waiting = RoomWaiter::new(self);
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -343,6 +354,22 @@ impl Inner {
                 _ = tokio::time::sleep_until(deadline) => return,
             }
         }
+    }
+}
+
+/// Counts a waiter on `room` for as long as it lives.
+pub(crate) struct RoomWaiter<'a>(&'a Inner);
+
+impl<'a> RoomWaiter<'a> {
+    pub(crate) fn new(inner: &'a Inner) -> Self {
+        inner.room_waiters.fetch_add(1, Ordering::SeqCst);
+        RoomWaiter(inner)
+    }
+}
+
+impl Drop for RoomWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.room_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -423,7 +450,7 @@ impl Herald {
         let out = self.inner.store.cancel(id, CancelAs::Cancelled).await?;
         if let Cancelled::Ended(n) = out {
             self.inner.metrics.cancelled.increment(u64::from(n));
-            self.inner.room.notify_waiters();
+            self.inner.made_room();
         }
         Ok(out)
     }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::{Answer, Herald, Inner};
 use crate::error::{PublishError, RequestError};
-use crate::event::{Event, EventId, EventParts, Headers, Priority};
+use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority};
 use crate::store::{CancelAs, Published};
 use crate::time::Timestamp;
 use crate::topic::Topic;
@@ -61,7 +61,7 @@ pub struct Message {
 impl Message {
     /// A message whose payload is `payload` encoded as JSON.
     pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, payload: &T) -> Self {
-        let payload = serde_json::to_vec(payload).map(Bytes::from).map_err(|e| e.to_string());
+        let payload = encode_json(payload).map_err(|e| e.to_string());
         Self::with_payload(topic.into(), payload, None)
     }
 
@@ -139,17 +139,20 @@ impl Message {
             When::After(d) => now + d,
             When::At(t) => t.max(now),
         };
-        let mut parts = EventParts::new(topic, payload);
-        parts.id = self.id.unwrap_or_default();
-        parts.content_type = self.content_type;
-        parts.source = self.source;
-        parts.headers = self.headers;
-        parts.priority = self.priority;
-        parts.published_at = now;
-        parts.deliver_at = deliver_at;
-        parts.expires_at = self.ttl.map(|ttl| deliver_at + ttl);
-        parts.key = self.key;
-        parts.reply_to = self.reply_to;
+        let parts = EventParts {
+            id: self.id.unwrap_or_default(),
+            topic,
+            payload,
+            content_type: self.content_type,
+            source: self.source,
+            headers: self.headers,
+            priority: self.priority,
+            published_at: now,
+            deliver_at,
+            expires_at: self.ttl.map(|ttl| deliver_at + ttl),
+            key: self.key,
+            reply_to: self.reply_to,
+        };
         Ok((Event::from_parts(parts), published))
     }
 }
@@ -191,6 +194,10 @@ impl Inner {
         let Some(max) = self.max_pending.filter(|_| room != Room::Ignore) else {
             return Ok(());
         };
+        if self.store.backlog().is_none_or(|n| n < max) {
+            return Ok(());
+        }
+        let _waiting = super::RoomWaiter::new(self);
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
@@ -468,7 +475,7 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
                     // now makes its status say so at once.
                     inner.store.cancel(id, CancelAs::Expired).await?;
                     inner.metrics.expired.increment(1);
-                    inner.room.notify_waiters();
+                    inner.made_room();
                     Err(RequestError::Timeout(self.timeout))
                 }
             }

@@ -104,7 +104,7 @@ async fn attempt(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit
             return;
         }
     }
-    inner.room.notify_waiters();
+    inner.made_room();
     let event = &claimed.event;
     if event.reply_to().is_some() {
         match &verdict {
@@ -148,6 +148,11 @@ async fn supervise(
     let timeout = sub.policy.timeout;
     let lease = sub.lease;
     let mut extend_at = Instant::now() + lease / 2;
+    // One timer for both the timeout and the next lease extension: a timer per attempt is a
+    // measurable part of a no-op handler's cost.
+    let wake_at = |extend_at: Instant| deadline.map_or(extend_at, |d| d.min(extend_at));
+    let sleep = tokio::time::sleep_until(wake_at(extend_at));
+    tokio::pin!(sleep);
     loop {
         tokio::select! {
             biased;
@@ -155,17 +160,18 @@ async fn supervise(
                 Ok(result) => Ended::Returned(result),
                 Err(panic) => Ended::Panicked(panic_message(&*panic)),
             },
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
-                return Ended::TimedOut(timeout.unwrap_or_default());
-            }
             _ = inner.hard_stop.cancelled() => return Ended::Interrupted,
-            _ = tokio::time::sleep_until(extend_at) => {
+            _ = &mut sleep => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ended::TimedOut(timeout.unwrap_or_default());
+                }
                 match inner.store.extend(&[claimed.lease], lease).await {
                     Ok(held) if held.first() == Some(&false) => return Ended::LeaseLost,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "herald: could not extend a lease; trying again"),
                 }
                 extend_at = Instant::now() + lease / 2;
+                sleep.as_mut().reset(wake_at(extend_at));
             }
         }
     }

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream};
-use tokio::sync::broadcast;
+use futures_util::stream::BoxStream;
 
 use super::*;
 use crate::event::Priority;
@@ -54,7 +53,6 @@ impl MemoryStoreBuilder {
 
     /// The store.
     pub fn build(self) -> MemoryStore {
-        let (wake, _) = broadcast::channel(1024);
         MemoryStore {
             clock: self.clock.unwrap_or_default(),
             state: Mutex::new(State {
@@ -62,7 +60,7 @@ impl MemoryStoreBuilder {
                 retain_max: self.retain_max,
                 ..State::default()
             }),
-            wake,
+            wake: WakeupHub::new(),
             backlog: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -80,7 +78,7 @@ impl MemoryStoreBuilder {
 pub struct MemoryStore {
     clock: Clock,
     state: Mutex<State>,
-    wake: broadcast::Sender<Wakeup>,
+    wake: WakeupHub,
     backlog: Arc<AtomicU64>,
 }
 
@@ -105,14 +103,17 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn settle(&self, state: &mut State, now: Timestamp) {
+    /// Applies retention and publishes the backlog; returns the evicted records, for the caller to
+    /// drop after it has released the lock (freeing their memory is most of an eviction's cost).
+    #[must_use = "drop the evicted records after unlocking"]
+    fn settle(&self, state: &mut State, now: Timestamp) -> Vec<Rec> {
         state.enforce_retention(now);
         self.backlog.store(state.counts.open(), Ordering::Relaxed);
+        std::mem::take(&mut state.evicted)
     }
 
     fn wake(&self, w: Wakeup) {
-        // No listener is not an error: nobody needs waking.
-        let _ = self.wake.send(w);
+        self.wake.send(w);
     }
 }
 
@@ -154,7 +155,7 @@ struct Slot {
 #[derive(Debug)]
 struct Rec {
     event: Event,
-    deliveries: Vec<D>,
+    deliveries: Fanout,
     open: u32,
     finished_at: Option<Timestamp>,
 }
@@ -171,6 +172,48 @@ struct D {
     detail: Option<Box<Detail>>,
 }
 
+/// An event's deliveries. Almost every event has one, kept inline: a separate allocation per event
+/// costs both time and about 80 bytes of memory per scheduled event.
+#[derive(Debug)]
+enum Fanout {
+    None,
+    One(D),
+    Many(Box<[D]>),
+}
+
+impl std::ops::Deref for Fanout {
+    type Target = [D];
+    fn deref(&self) -> &[D] {
+        match self {
+            Fanout::None => &[],
+            Fanout::One(d) => std::slice::from_ref(d),
+            Fanout::Many(ds) => ds,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Fanout {
+    fn deref_mut(&mut self) -> &mut [D] {
+        match self {
+            Fanout::None => &mut [],
+            Fanout::One(d) => std::slice::from_mut(d),
+            Fanout::Many(ds) => ds,
+        }
+    }
+}
+
+impl FromIterator<D> for Fanout {
+    fn from_iter<I: IntoIterator<Item = D>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        let Some(first) = iter.next() else { return Fanout::None };
+        let Some(second) = iter.next() else { return Fanout::One(first) };
+        let mut all = vec![first, second];
+        all.extend(iter);
+        Fanout::Many(all.into_boxed_slice())
+    }
+}
+
+
 #[derive(Debug, Default)]
 struct Detail {
     history: Vec<Attempt>,
@@ -186,7 +229,8 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_id: BTreeMap<EventId, u32>,
-    by_delivery: HashMap<DeliveryId, u32>,
+    /// Records evicted under the lock, dropped after it.
+    evicted: Vec<Rec>,
     keys: HashMap<String, EventId>,
     finished: VecDeque<(Timestamp, Ref)>,
     counts: StatusCounts,
@@ -249,8 +293,17 @@ impl State {
         slot.rec.as_ref()
     }
 
+    /// The delivery a lease names: its token carries the slot (see `claim`), so no index is needed.
+    fn find_leased(&self, lease: &Lease) -> Option<Ref> {
+        self.find_in_slot(u32::try_from(lease.token >> 32).ok()?, lease.delivery)
+    }
+
+    /// A delivery by id alone: a scan, for the rare administrative call (`requeue`).
     fn find_delivery(&self, id: DeliveryId) -> Option<Ref> {
-        let slot = *self.by_delivery.get(&id)?;
+        self.by_id.values().rev().find_map(|&slot| self.find_in_slot(slot, id))
+    }
+
+    fn find_in_slot(&self, slot: u32, id: DeliveryId) -> Option<Ref> {
         let s = self.slots.get(slot as usize)?;
         let rec = s.rec.as_ref()?;
         let idx = rec.deliveries.iter().position(|d| d.id == id)?;
@@ -426,10 +479,10 @@ impl State {
         if rec.deliveries.is_empty() {
             self.unrouted = self.unrouted.saturating_sub(1);
         }
-        for d in &rec.deliveries {
-            self.by_delivery.remove(&d.id);
+        for d in rec.deliveries.iter() {
             *self.counts.slot_mut(d.status) -= 1;
         }
+        self.evicted.push(rec);
     }
 
     /// Removes the oldest finished event if it finished before `before` (or unconditionally when
@@ -556,7 +609,7 @@ impl Store for MemoryStore {
             } else {
                 DeliveryStatus::Scheduled
             };
-            let deliveries: Vec<D> = routes
+            let deliveries: Fanout = routes
                 .iter()
                 .map(|&sub| D {
                     id: DeliveryId::new(),
@@ -589,10 +642,6 @@ impl Store for MemoryStore {
                     gen,
                     idx: u16::try_from(idx).unwrap_or(u16::MAX),
                 };
-                let did = st.slots[slot as usize].rec.as_ref().map(|r| r.deliveries[idx].id);
-                if let Some(did) = did {
-                    st.by_delivery.insert(did, slot);
-                }
                 if immediate {
                     st.push_ready(at, sub, priority, due);
                 } else if let Some(s) = st.subs.get_mut(sub as usize) {
@@ -610,8 +659,9 @@ impl Store for MemoryStore {
             }
             out.push(Published::Stored { id, deliveries: n });
         }
-        self.settle(st, now);
+        let evicted = self.settle(st, now);
         drop(guard);
+        drop(evicted);
         if let Some(t) = earliest {
             self.wake(Wakeup::Due(t));
         }
@@ -636,8 +686,10 @@ impl Store for MemoryStore {
         while out.len() < max {
             let Some(s) = st.subs.get_mut(sub as usize) else { break };
             let Some(Ready { at, .. }) = s.ready.pop() else { break };
-            st.next_token += 1;
-            let token = st.next_token;
+            // The token is the slot in its high half and a claim counter in its low half: unique
+            // per claim of a delivery (fencing), and it leads `complete` straight to the slot.
+            st.next_token = st.next_token.wrapping_add(1);
+            let token = (u64::from(at.slot) << 32) | (st.next_token & 0xffff_ffff);
             let counts = &mut st.counts;
             let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
                 continue;
@@ -677,7 +729,9 @@ impl Store for MemoryStore {
         for at in expired {
             st.close_one(at, now);
         }
-        self.settle(st, now);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
         Ok(out)
     }
 
@@ -688,7 +742,7 @@ impl Store for MemoryStore {
         let st = &mut *guard;
         let mut out = Vec::with_capacity(leases.len());
         for l in leases {
-            let held = match st.find_delivery(l.delivery) {
+            let held = match st.find_leased(l) {
                 Some(at) => {
                     let sub = delivery_mut(&mut st.slots, at).and_then(|(rec, i)| {
                         let d = &mut rec.deliveries[i];
@@ -716,7 +770,7 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(outcomes.len());
         let mut wakeups = Vec::new();
         for o in outcomes {
-            let Some(at) = st.find_delivery(o.lease.delivery) else {
+            let Some(at) = st.find_leased(&o.lease) else {
                 out.push(Completion::Stale);
                 continue;
             };
@@ -793,8 +847,9 @@ impl Store for MemoryStore {
             }
             out.push(Completion::Applied);
         }
-        self.settle(st, now);
+        let evicted = self.settle(st, now);
         drop(guard);
+        drop(evicted);
         for w in wakeups {
             self.wake(w);
         }
@@ -834,7 +889,9 @@ impl Store for MemoryStore {
         for at in ended {
             st.close_one(at, now);
         }
-        self.settle(st, now);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
         Ok(if n == 0 {
             Cancelled::TooLate
         } else {
@@ -863,8 +920,9 @@ impl Store for MemoryStore {
         let sub = d.sub;
         st.reopen_one(at);
         st.push_ready(at, sub, priority, now);
-        self.settle(st, now);
+        let evicted = self.settle(st, now);
         drop(guard);
+        drop(evicted);
         self.wake(Wakeup::Due(now));
         Ok(Requeued::Requeued)
     }
@@ -890,14 +948,7 @@ impl Store for MemoryStore {
     }
 
     fn wakeups(&self) -> BoxStream<'static, Wakeup> {
-        let rx = self.wake.subscribe();
-        Box::pin(stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(w) => Some((w, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => Some((Wakeup::Lagged, rx)),
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        }))
+        self.wake.subscribe()
     }
 
     async fn query(&self, filter: &EventFilter, page: PageRequest) -> Result<Page<EventRecord>, StoreError> {
@@ -976,7 +1027,9 @@ impl Store for MemoryStore {
         while let Some(current) = st.pop_finished(Some(before)) {
             removed += u64::from(current);
         }
-        self.settle(st, now);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
         Ok(removed)
     }
 

@@ -6,9 +6,11 @@
 
 mod memory;
 mod types;
+mod wakeup;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use types::*;
+pub use wakeup::WakeupHub;
 
 use std::fmt;
 use std::time::Duration;
