@@ -75,11 +75,17 @@ async fn publish_reaches_every_matching_subscription_with_a_typed_payload() {
     let rec = settle(&herald, id).await;
     assert_eq!(rec.status, EventStatus::Succeeded);
     assert_eq!(rec.deliveries.len(), 3);
-    assert!(rec.deliveries.iter().all(|d| d.attempts.len() == 1 && d.attempts[0].outcome == Some(AttemptOutcome::Succeeded)));
+    assert!(rec
+        .deliveries
+        .iter()
+        .all(|d| d.attempts.len() == 1 && d.attempts[0].outcome == Some(AttemptOutcome::Succeeded)));
     assert!(other.try_recv().is_err());
 
     let unrouted = herald.publish("nobody.listens", &1).await.unwrap();
-    assert_eq!(herald.get(unrouted).await.unwrap().unwrap().status, EventStatus::Unrouted);
+    assert_eq!(
+        herald.get(unrouted).await.unwrap().unwrap().status,
+        EventStatus::Unrouted
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -87,15 +93,33 @@ async fn invalid_topics_and_options_are_clear_errors() {
     let herald = bus().await;
     let err = herald.publish("Order Paid", &1).await.unwrap_err();
     assert!(
-        err.to_string().contains("topic 'Order Paid' is invalid: use lowercase dotted names such as 'order.paid'"),
+        err.to_string()
+            .contains("topic 'Order Paid' is invalid: use lowercase dotted names such as 'order.paid'"),
         "{err}"
     );
-    let err = herald.subscribe("x", "order.>.x").handle(|_: u8, _| async { Ok(()) }).await.unwrap_err();
+    let err = herald
+        .subscribe("x", "order.>.x")
+        .handle(|_: u8, _| async { Ok(()) })
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("'>' may only be the last segment"), "{err}");
-    let err = herald.subscribe("x", "a").max_attempts(0).handle(|_: u8, _| async { Ok(()) }).await.unwrap_err();
+    let err = herald
+        .subscribe("x", "a")
+        .max_attempts(0)
+        .handle(|_: u8, _| async { Ok(()) })
+        .await
+        .unwrap_err();
     assert!(matches!(err, SubscribeError::Options(_)));
-    herald.subscribe("dup", "a").handle(|_: u8, _| async { Ok(()) }).await.unwrap();
-    let err = herald.subscribe("dup", "b").handle(|_: u8, _| async { Ok(()) }).await.unwrap_err();
+    herald
+        .subscribe("dup", "a")
+        .handle(|_: u8, _| async { Ok(()) })
+        .await
+        .unwrap();
+    let err = herald
+        .subscribe("dup", "b")
+        .handle(|_: u8, _| async { Ok(()) })
+        .await
+        .unwrap_err();
     assert!(matches!(err, SubscribeError::Duplicate(_)), "{err}");
 }
 
@@ -104,7 +128,11 @@ async fn a_delay_fires_on_its_millisecond() {
     let herald = bus().await;
     let mut rx = recorder::<u32>(&herald, "late", "job.run").await;
     let start = herald.clock().now();
-    herald.publish("job.run", &1).delay(Duration::from_millis(1_537)).await.unwrap();
+    herald
+        .publish("job.run", &1)
+        .delay(Duration::from_millis(1_537))
+        .await
+        .unwrap();
     herald
         .publish("job.run", &2)
         .at(start + Duration::from_millis(250))
@@ -124,7 +152,11 @@ async fn retries_follow_exponential_backoff() {
     herald
         .subscribe("flaky", "job.flaky")
         .max_attempts(4)
-        .backoff(Backoff::exponential(Duration::from_millis(100)).cap(Duration::from_millis(250)).no_jitter())
+        .backoff(
+            Backoff::exponential(Duration::from_millis(100))
+                .cap(Duration::from_millis(250))
+                .no_jitter(),
+        )
         .handle(move |_: u8, ctx: Context| {
             let tx = tx.clone();
             async move {
@@ -147,7 +179,10 @@ async fn retries_follow_exponential_backoff() {
     assert_eq!(rec.status, EventStatus::Dead);
     let d = &rec.deliveries[0];
     assert_eq!(d.attempt_count, 4);
-    assert_eq!(d.last_error.as_deref(), Some("gave up after 4 attempts: downstream is down"));
+    assert_eq!(
+        d.last_error.as_deref(),
+        Some("gave up after 4 attempts: downstream is down")
+    );
     assert_eq!(
         d.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>(),
         vec![
@@ -183,7 +218,10 @@ async fn jittered_backoff_stays_under_its_ceiling() {
         let t = next(&mut rx).await;
         let gap = t.millis_since(prev);
         let ceiling = 100 * (1 << (attempt - 1));
-        assert!((0..=ceiling).contains(&gap), "gap {gap} after attempt {attempt} exceeds {ceiling}");
+        assert!(
+            (0..=ceiling).contains(&gap),
+            "gap {gap} after attempt {attempt} exceeds {ceiling}"
+        );
         prev = t;
     }
 }
@@ -213,7 +251,10 @@ async fn a_timed_out_attempt_is_a_failed_attempt() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     let d = &rec.deliveries[0];
     assert_eq!(d.status, DeliveryStatus::Dead);
-    assert_eq!(d.last_error.as_deref(), Some("gave up after 2 attempts: the attempt timed out after 1s"));
+    assert_eq!(
+        d.last_error.as_deref(),
+        Some("gave up after 2 attempts: the attempt timed out after 1s")
+    );
     assert_eq!(d.attempts[0].finished_at, Some(t0 + Duration::from_secs(1)));
     assert_eq!(d.attempts[1].started_at, t0 + Duration::from_millis(1_010));
 }
@@ -222,8 +263,16 @@ async fn a_timed_out_attempt_is_a_failed_attempt() {
 async fn cancel_stops_a_scheduled_event() {
     let herald = bus().await;
     let mut rx = recorder::<u8>(&herald, "c", "job.c").await;
-    let id = herald.publish("job.c", &1).delay(Duration::from_secs(10)).await.unwrap();
-    let keep = herald.publish("job.c", &2).delay(Duration::from_secs(20)).await.unwrap();
+    let id = herald
+        .publish("job.c", &1)
+        .delay(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let keep = herald
+        .publish("job.c", &2)
+        .delay(Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_eq!(herald.cancel(id).await.unwrap(), Cancelled::Ended(1));
     assert_eq!(herald.cancel(id).await.unwrap(), Cancelled::TooLate);
     assert_eq!(herald.cancel(EventId::new()).await.unwrap(), Cancelled::NotFound);
@@ -249,7 +298,11 @@ async fn an_expired_event_is_never_handled() {
         .unwrap();
     sub.pause();
     let id = herald.publish("job.exp", &1).ttl(Duration::from_secs(1)).await.unwrap();
-    let live = herald.publish("job.exp", &2).ttl(Duration::from_secs(60)).await.unwrap();
+    let live = herald
+        .publish("job.exp", &2)
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     sub.resume();
     assert_eq!(next(&mut rx).await, 2);
@@ -311,8 +364,13 @@ async fn concurrency_limits_are_never_exceeded() {
             .subscribe(name, "job.many")
             .concurrency(limit)
             .handle(move |_: u32, _ctx: Context| {
-                let (running, peak_a, peak_all, done, mine) =
-                    (running.clone(), peak_a.clone(), peak_all.clone(), done.clone(), mine.clone());
+                let (running, peak_a, peak_all, done, mine) = (
+                    running.clone(),
+                    peak_a.clone(),
+                    peak_all.clone(),
+                    done.clone(),
+                    mine.clone(),
+                );
                 async move {
                     let now_all = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak_all.fetch_max(now_all, Ordering::SeqCst);
@@ -330,17 +388,33 @@ async fn concurrency_limits_are_never_exceeded() {
             .await
             .unwrap();
     }
-    herald.publish_batch((0..30).map(|i| Message::json("job.many", &i))).await.unwrap();
+    herald
+        .publish_batch((0..30).map(|i| Message::json("job.many", &i)))
+        .await
+        .unwrap();
     while done.load(Ordering::SeqCst) < 60 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(peak_a.load(Ordering::SeqCst), 3, "subscription a runs at most 3 at once, and does reach 3");
-    assert_eq!(peak_all.load(Ordering::SeqCst), 5, "the pool runs at most 5 at once, and does reach 5");
+    assert_eq!(
+        peak_a.load(Ordering::SeqCst),
+        3,
+        "subscription a runs at most 3 at once, and does reach 3"
+    );
+    assert_eq!(
+        peak_all.load(Ordering::SeqCst),
+        5,
+        "the pool runs at most 5 at once, and does reach 5"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn backpressure_waits_or_fails_when_full() {
-    let herald = Herald::builder().system_events(false).max_pending(3).build().await.unwrap();
+    let herald = Herald::builder()
+        .system_events(false)
+        .max_pending(3)
+        .build()
+        .await
+        .unwrap();
     let mut rx = recorder::<u8>(&herald, "bp", "job.bp").await;
     // Pause by saturating: the recorder is fast, so publish to a topic nobody drains first.
     let (tx, mut gate) = mpsc::unbounded_channel::<()>();
@@ -361,13 +435,18 @@ async fn backpressure_waits_or_fails_when_full() {
     assert!(matches!(err, PublishError::Full { max_pending: 3 }), "{err}");
     assert!(err.to_string().contains("raise `max_pending`"));
     // `publish` waits for room rather than failing...
-    assert!(timeout(Duration::from_secs(60), herald.publish("job.bp", &1)).await.is_err());
+    assert!(timeout(Duration::from_secs(60), herald.publish("job.bp", &1))
+        .await
+        .is_err());
     // ...and goes through once deliveries finish.
     slow.resume();
     for _ in 0..3 {
         next(&mut gate).await;
     }
-    timeout(Duration::from_secs(60), herald.publish("job.bp", &2)).await.unwrap().unwrap();
+    timeout(Duration::from_secs(60), herald.publish("job.bp", &2))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next(&mut rx).await.0, 2);
     drop(tx);
 }
@@ -396,9 +475,16 @@ async fn a_panic_is_a_failed_attempt_and_nothing_else_stops() {
     assert_eq!(next(&mut rx).await, 2);
     assert_eq!(next(&mut others).await.0, 1);
     let rec = settle(&herald, id).await;
-    let d = rec.deliveries.iter().find(|d| d.subscription.as_str() == "panicky").unwrap();
+    let d = rec
+        .deliveries
+        .iter()
+        .find(|d| d.subscription.as_str() == "panicky")
+        .unwrap();
     assert_eq!(d.status, DeliveryStatus::Succeeded);
-    assert_eq!(d.attempts[0].error.as_deref(), Some("the handler panicked: boom on attempt one"));
+    assert_eq!(
+        d.attempts[0].error.as_deref(),
+        Some("the handler panicked: boom on attempt one")
+    );
     // The runtime still works.
     herald.publish("job.panic", &2).await.unwrap();
     assert_eq!(next(&mut others).await.0, 2);
@@ -427,7 +513,10 @@ async fn permanent_errors_and_undecodable_payloads_are_dead_letters_with_reasons
     assert_eq!(rec.deliveries[0].last_error.as_deref(), Some("order 0 does not exist"));
     let rec = settle(&herald, undecodable).await;
     let reason = rec.deliveries[0].last_error.clone().unwrap();
-    assert!(reason.starts_with("payload does not decode as bus::Order: invalid type: string"), "{reason}");
+    assert!(
+        reason.starts_with("payload does not decode as bus::Order: invalid type: string"),
+        "{reason}"
+    );
 
     let mut seen = [next(&mut notices).await.0, next(&mut notices).await.0];
     seen.sort_by_key(|n| n.event_id);
@@ -437,7 +526,10 @@ async fn permanent_errors_and_undecodable_payloads_are_dead_letters_with_reasons
     assert_eq!(seen[1].event_id, undecodable);
 
     let dead = herald.dead_letters().await.unwrap();
-    assert_eq!(dead.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(), vec![undecodable, bad]);
+    assert_eq!(
+        dead.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(),
+        vec![undecodable, bad]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -469,7 +561,10 @@ async fn a_dead_delivery_can_be_retried() {
     let rec = settle(&herald, id).await;
     assert_eq!(rec.status, EventStatus::Succeeded);
     assert_eq!(rec.deliveries[0].attempts.len(), 2);
-    assert_eq!(herald.retry(delivery).await.unwrap(), Requeued::NotDead(DeliveryStatus::Succeeded));
+    assert_eq!(
+        herald.retry(delivery).await.unwrap(),
+        Requeued::NotDead(DeliveryStatus::Succeeded)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -515,7 +610,10 @@ async fn a_request_that_timed_out_expires_and_is_never_handled() {
         .timeout(Duration::from_millis(500))
         .await
         .unwrap_err();
-    assert!(matches!(err, RequestError::Timeout(d) if d == Duration::from_millis(500)), "{err}");
+    assert!(
+        matches!(err, RequestError::Timeout(d) if d == Duration::from_millis(500)),
+        "{err}"
+    );
     assert_eq!(herald.clock().now(), t0 + Duration::from_millis(500));
     sub.resume();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -548,13 +646,30 @@ async fn history_queries_filter_and_page() {
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
     let page = herald.events().topic("order.*").limit(2).await.unwrap();
-    assert_eq!(page.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(), vec![ids[6], ids[4]]);
-    let page = herald.events().topic("order.*").limit(2).after(page.next.unwrap()).await.unwrap();
-    assert_eq!(page.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(), vec![ids[2], ids[0]]);
+    assert_eq!(
+        page.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(),
+        vec![ids[6], ids[4]]
+    );
+    let page = herald
+        .events()
+        .topic("order.*")
+        .limit(2)
+        .after(page.next.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(),
+        vec![ids[2], ids[0]]
+    );
     assert_eq!(page.next, None);
     let unrouted = herald.events().status(EventStatus::Unrouted).limit(100).await.unwrap();
     assert_eq!(unrouted.items.len(), 3);
-    let by_sub = herald.events().subscription("hist").status(EventStatus::Succeeded).await.unwrap();
+    let by_sub = herald
+        .events()
+        .subscription("hist")
+        .status(EventStatus::Succeeded)
+        .await
+        .unwrap();
     assert_eq!(by_sub.items.len(), 4);
     let err = herald.events().topic("Bad Topic").await.unwrap_err();
     assert!(err.to_string().contains("pattern 'Bad Topic' is invalid"), "{err}");
@@ -630,5 +745,8 @@ async fn shutdown_stops_what_outlives_the_deadline_and_releases_it() {
     assert_eq!(report.unfinished, Some(1));
     let rec = herald.get(id).await.unwrap().unwrap();
     assert_eq!(rec.status, EventStatus::Pending, "released, to run again");
-    assert_eq!(rec.deliveries[0].attempt_count, 0, "the interrupted attempt does not count");
+    assert_eq!(
+        rec.deliveries[0].attempt_count, 0,
+        "the interrupted attempt does not count"
+    );
 }

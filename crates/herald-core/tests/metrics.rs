@@ -7,7 +7,12 @@ use herald_core::{Backoff, Context, HandlerError, Herald};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::CompositeKey;
 
-type Snapshot = Vec<(CompositeKey, Option<metrics::Unit>, Option<metrics::SharedString>, DebugValue)>;
+type Snapshot = Vec<(
+    CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
 
 fn value<'a>(snap: &'a Snapshot, name: &str, label: (&str, &str)) -> Option<&'a DebugValue> {
     snap.iter().find_map(|(key, _, _, v)| {
@@ -52,12 +57,30 @@ async fn counters_and_histograms_are_recorded_per_topic_and_subscription() {
     // Histograms drain on each snapshot: take one.
     let snap = snap.snapshot().into_vec();
     let sub = ("subscription", "meter");
-    assert_eq!(value(&snap, "herald_events_published_total", ("topic", "metered.ok")), Some(&DebugValue::Counter(2)));
-    assert_eq!(value(&snap, "herald_events_published_total", ("topic", "metered.bad")), Some(&DebugValue::Counter(1)));
-    assert_eq!(value(&snap, "herald_deliveries_succeeded_total", sub), Some(&DebugValue::Counter(2)));
-    assert_eq!(value(&snap, "herald_attempts_failed_total", sub), Some(&DebugValue::Counter(2)));
-    assert_eq!(value(&snap, "herald_deliveries_retried_total", sub), Some(&DebugValue::Counter(1)));
-    assert_eq!(value(&snap, "herald_deliveries_dead_total", sub), Some(&DebugValue::Counter(1)));
+    assert_eq!(
+        value(&snap, "herald_events_published_total", ("topic", "metered.ok")),
+        Some(&DebugValue::Counter(2))
+    );
+    assert_eq!(
+        value(&snap, "herald_events_published_total", ("topic", "metered.bad")),
+        Some(&DebugValue::Counter(1))
+    );
+    assert_eq!(
+        value(&snap, "herald_deliveries_succeeded_total", sub),
+        Some(&DebugValue::Counter(2))
+    );
+    assert_eq!(
+        value(&snap, "herald_attempts_failed_total", sub),
+        Some(&DebugValue::Counter(2))
+    );
+    assert_eq!(
+        value(&snap, "herald_deliveries_retried_total", sub),
+        Some(&DebugValue::Counter(1))
+    );
+    assert_eq!(
+        value(&snap, "herald_deliveries_dead_total", sub),
+        Some(&DebugValue::Counter(1))
+    );
     match value(&snap, "herald_handle_seconds", sub) {
         Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 4),
         other => panic!("no handle-time histogram: {other:?}"),

@@ -17,17 +17,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let tx = tx.clone();
             async move {
                 let late = herald::Timestamp::now_system().millis_since(ctx.due());
-                println!("{:>5} ms: {text} (due {}, {late} ms late)", started.elapsed().as_millis(), ctx.due());
+                println!(
+                    "{:>5} ms: {text} (due {}, {late} ms late)",
+                    started.elapsed().as_millis(),
+                    ctx.due()
+                );
                 let _ = tx.send(());
                 Ok::<_, HandlerError>(())
             }
         })
         .await?;
 
-    herald.publish("reminder.tea", &"tea is ready").delay(Duration::from_millis(300)).await?;
+    herald
+        .publish("reminder.tea", &"tea is ready")
+        .delay(Duration::from_millis(300))
+        .await?;
     let at = herald.clock().now() + Duration::from_millis(600);
     herald.publish("reminder.call", &"call back").at(at).await?;
-    let cancelled = herald.publish("reminder.never", &"never shown").delay(Duration::from_millis(400)).await?;
+    let cancelled = herald
+        .publish("reminder.never", &"never shown")
+        .delay(Duration::from_millis(400))
+        .await?;
     herald.cancel(cancelled).await?;
     println!("cancelled {cancelled}");
 

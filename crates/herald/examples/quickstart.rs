@@ -48,7 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
-    let id = herald.publish("order.paid", &OrderPaid { order: 7, cents: 1999 }).await?;
+    let id = herald
+        .publish("order.paid", &OrderPaid { order: 7, cents: 1999 })
+        .await?;
     println!("published event {id}");
 
     // Wait until both deliveries are done, then show the history.
@@ -61,7 +63,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("event {} is {}", record.event.id(), record.status);
     for d in &record.deliveries {
-        println!("  {:<9} {:<10} after {} attempt(s)", d.subscription, d.status, d.attempt_count);
+        println!(
+            "  {:<9} {:<10} after {} attempt(s)",
+            d.subscription, d.status, d.attempt_count
+        );
         for a in &d.attempts {
             println!("    #{} {:?} {}", a.number, a.outcome, a.error.as_deref().unwrap_or(""));
         }

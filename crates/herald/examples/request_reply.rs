@@ -40,11 +40,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("got {invoice:?}");
 
-    match herald.request::<_, Invoice>("invoice.render", &RenderInvoice { order: 0 }).await {
+    match herald
+        .request::<_, Invoice>("invoice.render", &RenderInvoice { order: 0 })
+        .await
+    {
         Err(RequestError::Failed(reason)) => println!("refused: {reason}"),
         other => println!("unexpected: {other:?}"),
     }
-    match herald.request::<_, Invoice>("invoice.nobody", &RenderInvoice { order: 1 }).await {
+    match herald
+        .request::<_, Invoice>("invoice.nobody", &RenderInvoice { order: 1 })
+        .await
+    {
         Err(e) => println!("as expected: {e}"),
         Ok(_) => println!("unexpected reply"),
     }

@@ -206,13 +206,14 @@ impl FromIterator<D> for Fanout {
     fn from_iter<I: IntoIterator<Item = D>>(iter: I) -> Self {
         let mut iter = iter.into_iter();
         let Some(first) = iter.next() else { return Fanout::None };
-        let Some(second) = iter.next() else { return Fanout::One(first) };
+        let Some(second) = iter.next() else {
+            return Fanout::One(first);
+        };
         let mut all = vec![first, second];
         all.extend(iter);
         Fanout::Many(all.into_boxed_slice())
     }
 }
-
 
 #[derive(Debug, Default)]
 struct Detail {

@@ -119,7 +119,13 @@ impl Listener {
 
 impl Drop for WakeupHub {
     fn drop(&mut self) {
-        for l in self.listeners.get_mut().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade) {
+        for l in self
+            .listeners
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
             l.closed.store(true, Ordering::Release);
             l.notify.notify_one();
         }
