@@ -187,7 +187,7 @@ pub enum Cancelled {
     NotFound,
 }
 
-/// What [`Store::retry`](super::Store::retry) did.
+/// What [`Store::requeue`](super::Store::requeue) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Requeued {
