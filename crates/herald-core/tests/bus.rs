@@ -750,3 +750,74 @@ async fn shutdown_stops_what_outlives_the_deadline_and_releases_it() {
         "the interrupted attempt does not count"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn leases_are_extended_while_a_handler_runs() {
+    let herald = Herald::builder()
+        .system_events(false)
+        .lease(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    herald
+        .subscribe("slowpoke", "job.slowpoke")
+        .no_timeout()
+        .handle(move |_: u8, _ctx: Context| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let id = herald.publish("job.slowpoke", &1).await.unwrap();
+    let rec = settle(&herald, id).await;
+    assert_eq!(rec.status, EventStatus::Succeeded);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the lease never ran out, so nobody claimed it again"
+    );
+    assert_eq!(rec.deliveries[0].attempts.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_whose_worker_died_comes_back_when_its_lease_runs_out() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let name = SubscriptionName::new("orphans").unwrap();
+    store
+        .declare(&SubscriptionSpec {
+            name: name.clone(),
+            pattern: Pattern::new("job.orphan").unwrap(),
+        })
+        .await
+        .unwrap();
+    let herald = Herald::builder()
+        .system_events(false)
+        .shared_store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let id = herald.publish("job.orphan", &7u8).await.unwrap();
+    // Another worker claims it with a 5 s lease and dies without a word.
+    let t0 = herald.clock().now();
+    let taken = store.claim(&name, 1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(taken.len(), 1);
+
+    let mut rx = recorder::<u8>(&herald, "orphans", "job.orphan").await;
+    let (v, attempt, at) = next(&mut rx).await;
+    assert_eq!((v, attempt), (7, 2));
+    assert_eq!(
+        at,
+        t0 + Duration::from_secs(5),
+        "picked up on the millisecond the lease ran out"
+    );
+    let rec = settle(&herald, id).await;
+    assert_eq!(
+        rec.deliveries[0].attempts[0].outcome,
+        Some(AttemptOutcome::LeaseExpired)
+    );
+}
