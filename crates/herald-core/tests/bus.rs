@@ -821,3 +821,23 @@ async fn a_delivery_whose_worker_died_comes_back_when_its_lease_runs_out() {
         Some(AttemptOutcome::LeaseExpired)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn unsubscribe_stops_handling_and_routing() {
+    let herald = bus().await;
+    let mut rx = recorder::<u8>(&herald, "temp", "job.temp").await;
+    let sub = herald.subscription("temp").expect("listed while running");
+    assert_eq!(herald.subscriptions().len(), 1);
+    sub.pause();
+    let waiting = herald.publish("job.temp", &1).await.unwrap();
+    assert_eq!(sub.unsubscribe().await.unwrap(), 1, "the waiting delivery is cancelled");
+    assert!(herald.subscription("temp").is_none());
+    assert_eq!(
+        herald.get(waiting).await.unwrap().unwrap().status,
+        EventStatus::Cancelled
+    );
+    let later = herald.publish("job.temp", &2).await.unwrap();
+    assert_eq!(herald.get(later).await.unwrap().unwrap().status, EventStatus::Unrouted);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rx.try_recv().is_err());
+}

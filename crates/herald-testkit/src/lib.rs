@@ -100,6 +100,7 @@ macro_rules! __for_each_case {
             publish_wakes_with_the_due_time,
             retry_release_and_requeue_wake_with_the_due_time,
             redeclare_changes_routing_for_later_publishes,
+            remove_subscription_stops_routing_and_cancels_its_deliveries,
         ] }
     };
 }

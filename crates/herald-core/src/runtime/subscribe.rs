@@ -203,7 +203,10 @@ impl SubscriptionBuilder<'_> {
         }
         inner.background.spawn(dispatch::run(inner.clone(), sub.clone()));
         inner.timer_refresh.notify_one();
-        Ok(Subscription { sub })
+        Ok(Subscription {
+            herald: self.herald.clone(),
+            sub,
+        })
     }
 }
 
@@ -219,6 +222,23 @@ impl Herald {
             pattern: Pattern::new(pattern),
             policy: Policy::default(),
         }
+    }
+
+    /// The running subscription named `name`, to pause, resume or stop it.
+    pub fn subscription(&self, name: &str) -> Option<Subscription> {
+        self.subscriptions().into_iter().find(|s| s.name().as_str() == name)
+    }
+
+    /// Every subscription running in this process.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        self.inner
+            .subs_snapshot()
+            .into_iter()
+            .map(|sub| Subscription {
+                herald: self.clone(),
+                sub,
+            })
+            .collect()
     }
 }
 
@@ -239,6 +259,7 @@ impl Herald {
 /// ```
 #[derive(Clone)]
 pub struct Subscription {
+    herald: Herald,
     sub: Arc<LocalSub>,
 }
 
@@ -277,5 +298,34 @@ impl Subscription {
     /// Whether it is paused.
     pub fn is_paused(&self) -> bool {
         self.sub.paused.load(Ordering::SeqCst)
+    }
+
+    /// Stops the subscription for good: no new attempts start here, the store stops routing
+    /// events to it and cancels its unfinished deliveries (attempts already running finish, but
+    /// their outcomes are no longer recorded). Returns how many deliveries were cancelled.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+    /// use herald_core::{Context, HandlerError, Herald};
+    /// let herald = Herald::builder().build().await?;
+    /// let sub = herald
+    ///     .subscribe("audit", "order.>")
+    ///     .handle(|_: serde_json::Value, _ctx: Context| async { Ok::<_, HandlerError>(()) })
+    ///     .await?;
+    /// sub.unsubscribe().await?;
+    /// assert!(herald.subscription("audit").is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn unsubscribe(self) -> Result<u64, crate::store::StoreError> {
+        let inner = &self.herald.inner;
+        self.sub.stop.cancel();
+        inner
+            .subs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, &self.sub));
+        let cancelled = inner.store.remove_subscription(&self.sub.name).await?;
+        inner.made_room();
+        Ok(cancelled)
     }
 }

@@ -141,6 +141,7 @@ struct Ready {
 #[derive(Debug)]
 struct Sub {
     spec: SubscriptionSpec,
+    removed: bool,
     scheduled: BinaryHeap<Reverse<(Timestamp, Ref)>>,
     ready: BinaryHeap<Ready>,
     leases: BinaryHeap<Reverse<(Timestamp, Ref, u64)>>,
@@ -275,7 +276,7 @@ impl State {
             .subs
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.spec.pattern.matches(topic))
+            .filter(|(_, s)| !s.removed && s.spec.pattern.matches(topic))
             .filter_map(|(i, _)| u32::try_from(i).ok())
             .collect();
         // The cache is bounded so that a stream of distinct topics cannot grow it without end.
@@ -573,6 +574,7 @@ impl Store for MemoryStore {
                     .map_err(|_| StoreError::Unsupported("more than 2^32 subscriptions"))?;
                 st.subs.push(Sub {
                     spec: subscription.clone(),
+                    removed: false,
                     scheduled: BinaryHeap::new(),
                     ready: BinaryHeap::new(),
                     leases: BinaryHeap::new(),
@@ -582,6 +584,50 @@ impl Store for MemoryStore {
         }
         st.routes.clear();
         Ok(())
+    }
+
+    async fn remove_subscription(&self, name: &SubscriptionName) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(i) = st.sub_ids.remove(name) else {
+            return Ok(0);
+        };
+        st.routes.clear();
+        let Some(sub) = st.subs.get_mut(i as usize) else {
+            return Ok(0);
+        };
+        sub.removed = true;
+        let refs: Vec<Ref> = std::mem::take(&mut sub.scheduled)
+            .into_iter()
+            .map(|Reverse((_, at))| at)
+            .chain(std::mem::take(&mut sub.ready).into_iter().map(|r| r.at))
+            .chain(
+                std::mem::take(&mut sub.leases)
+                    .into_iter()
+                    .map(|Reverse((_, at, _))| at),
+            )
+            .collect();
+        let mut ended = Vec::new();
+        for at in refs {
+            let counts = &mut st.counts;
+            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+                continue;
+            };
+            let d = &mut rec.deliveries[i];
+            if !d.status.is_finished() {
+                set_status(counts, d, DeliveryStatus::Cancelled);
+                ended.push(at);
+            }
+        }
+        let n = ended.len() as u64;
+        for at in ended {
+            st.close_one(at, now);
+        }
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        Ok(n)
     }
 
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {

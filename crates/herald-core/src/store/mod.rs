@@ -84,6 +84,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// matches its pattern get a delivery for it.
     async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError>;
 
+    /// Stops routing new events to a subscription and cancels its unfinished deliveries (those
+    /// being handled too: their outcomes are then refused as stale). Returns how many were
+    /// cancelled; an unknown name cancels nothing. History stays.
+    ///
+    /// The default refuses with [`StoreError::Unsupported`].
+    async fn remove_subscription(&self, subscription: &SubscriptionName) -> Result<u64, StoreError> {
+        let _ = subscription;
+        Err(StoreError::Unsupported("removing a subscription"))
+    }
+
     /// Stores events, fans each out to the matching subscriptions and returns, in order, what
     /// became of each. Durable before it returns. An event whose key is held by a live event is
     /// not stored: its entry is [`Published::Duplicate`] with the first event's id.
