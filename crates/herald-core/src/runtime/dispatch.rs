@@ -89,9 +89,18 @@ pub(crate) async fn run(inner: Arc<Inner>, sub: Arc<LocalSub>) {
         let exhausted = claimed.len() < wanted;
         for delivery in claimed {
             let Some(permit) = permits.pop() else { break };
-            inner
-                .attempts
-                .spawn(worker::run(inner.clone(), sub.clone(), delivery, permit));
+            inner.in_flight.start();
+            let job = worker::Job {
+                sub: sub.clone(),
+                claimed: delivery,
+                permit,
+            };
+            if let Err(lost) = inner.work.try_send(job) {
+                // Only after shutdown closed the queue: the lease runs out and the delivery
+                // comes back (at-least-once).
+                drop(lost);
+                inner.in_flight.finish();
+            }
         }
         drop(permits);
         if exhausted {

@@ -224,6 +224,9 @@ impl HeraldBuilder {
         let node = self
             .node
             .unwrap_or_else(|| format!("pid-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        // The pool is `workers` long-lived tasks fed by one queue: a task per attempt cost a third
+        // of a no-op handler's time. Permits taken before claiming bound the queue to the pool.
+        let (work_tx, work_rx) = async_channel::unbounded();
         let inner = Arc::new(Inner {
             wakeups: Mutex::new(Some(store.wakeups())),
             store,
@@ -245,11 +248,16 @@ impl HeraldBuilder {
             stop_claiming: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             stopped: CancellationToken::new(),
-            attempts: TaskTracker::new(),
+            in_flight: worker::InFlight::default(),
+            work: work_tx,
             background: TaskTracker::new(),
             shutdown: OnceCell::new(),
             metrics: Metrics::new(),
         });
+        for _ in 0..self.workers {
+            inner.background.spawn(worker::work(inner.clone(), work_rx.clone()));
+        }
+        drop(work_rx);
         inner.background.spawn(timer::run(inner.clone()));
         inner.background.spawn(maintain(inner.clone()));
         let herald = Herald { inner };
@@ -290,7 +298,10 @@ pub(crate) struct Inner {
     pub(crate) hard_stop: CancellationToken,
     pub(crate) stopped: CancellationToken,
     pub(crate) wakeups: Mutex<Option<futures_util::stream::BoxStream<'static, crate::store::Wakeup>>>,
-    pub(crate) attempts: TaskTracker,
+    /// Claimed deliveries not yet finished (queued for a worker or running).
+    pub(crate) in_flight: worker::InFlight,
+    /// Claimed deliveries on their way to the worker pool.
+    pub(crate) work: async_channel::Sender<worker::Job>,
     background: TaskTracker,
     shutdown: OnceCell<ShutdownReport>,
     pub(crate) metrics: Metrics,
@@ -499,15 +510,15 @@ impl Herald {
                     }
                 }
                 inner.stop_claiming.cancel();
-                let before = inner.attempts.len();
-                inner.attempts.close();
+                let before = inner.in_flight.count();
                 let drained_in_time = tokio::select! {
-                    _ = inner.attempts.wait() => true,
+                    _ = inner.in_flight.idle() => true,
                     _ = tokio::time::sleep_until(deadline) => false,
                 };
-                let interrupted = if drained_in_time { 0 } else { inner.attempts.len() };
+                let interrupted = if drained_in_time { 0 } else { inner.in_flight.count() };
                 inner.hard_stop.cancel();
-                inner.attempts.wait().await;
+                inner.in_flight.idle().await;
+                inner.work.close();
                 inner.stopped.cancel();
                 inner.background.close();
                 inner.background.wait().await;

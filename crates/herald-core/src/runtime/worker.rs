@@ -3,8 +3,11 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
@@ -34,7 +37,58 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic payload".to_owned())
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
+/// A claimed delivery on its way to a worker, with the capacity it holds.
+pub(crate) struct Job {
+    pub(crate) sub: Arc<LocalSub>,
+    pub(crate) claimed: Claimed,
+    pub(crate) permit: Permit,
+}
+
+/// Counts claimed deliveries not yet finished, so that shutdown can wait for them.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    pub(crate) fn start(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn finish(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once nothing is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One worker of the pool: runs the attempts it is handed, one at a time, until the queue closes.
+pub(crate) async fn work(inner: Arc<Inner>, jobs: async_channel::Receiver<Job>) {
+    while let Ok(job) = jobs.recv().await {
+        run(&inner, job.sub, job.claimed, job.permit).await;
+        inner.in_flight.finish();
+    }
+}
+
+async fn run(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
     let span = tracing::info_span!(
         "herald.attempt",
         subscription = %sub.name,
@@ -45,7 +99,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed,
     attempt(inner, sub, claimed, permit).instrument(span).await;
 }
 
-async fn attempt(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
+async fn attempt(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
     let started_at = inner.clock.now();
     let started = Instant::now();
     let late_ms = started_at.millis_since(claimed.due).max(0);
@@ -62,7 +116,7 @@ async fn attempt(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit
     );
     let ended = match std::panic::catch_unwind(AssertUnwindSafe(|| (sub.handler)(claimed.event.clone(), ctx))) {
         Err(panic) => Ended::Panicked(panic_message(&*panic)),
-        Ok(fut) => supervise(&inner, &sub, &claimed, fut, deadline).await,
+        Ok(fut) => supervise(inner, &sub, &claimed, fut, deadline).await,
     };
     drop(permit);
     let finished_at = inner.clock.now();
@@ -125,10 +179,9 @@ async fn attempt(inner: Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit
                 attempts: claimed.attempt,
                 reason,
             };
-            if let Err(e) = inner
-                .publish_one(Message::json(DEAD_LETTER_TOPIC, &notice), Room::Ignore)
-                .await
-            {
+            // Boxed: the publish future is large and rare, and would otherwise swell every worker.
+            let publish = Box::pin(inner.publish_one(Message::json(DEAD_LETTER_TOPIC, &notice), Room::Ignore));
+            if let Err(e) = publish.await {
                 tracing::warn!(error = %e, "herald: could not publish the dead-letter notice");
             }
         }
