@@ -40,10 +40,29 @@
 //! - [`Herald`]: publish ([`Herald::publish`], [`Herald::publish_batch`], [`Herald::request`]),
 //!   subscribe ([`Herald::subscribe`]), cancel, retry, query ([`Herald::events`]), shut down.
 //! - [`Store`]: where events live. [`MemoryStore`] is the in-process default; durable stores
-//!   come as features of this crate.
+//!   come as features of this crate (none is on by default):
+//!
+//! | feature | module | store |
+//! |---|---|---|
+//! | `sqlite` | `herald::sqlite` | the embedded durable store: one SQLite file, no server (`Herald::builder().sqlite("herald.db")`) |
 //! - Topics are dotted lowercase names (`order.paid`); patterns add `*` (one segment) and a final
 //!   `>` (the rest).
 //! - Metrics go through the `metrics` facade (see the names in the README); spans through
 //!   `tracing`.
 
 pub use herald_core::*;
+
+/// The embedded durable store: events, deliveries and history in one SQLite file, no server.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald::Error> {
+/// use herald::sqlite::SqliteBuilderExt;
+/// use herald::Herald;
+///
+/// let herald = Herald::builder().sqlite("herald.db").build().await?;
+/// # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+/// ```
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use herald_sqlite::{OpenError, SqliteBuilderExt, SqliteStore, SqliteStoreBuilder};
+}

@@ -1,0 +1,243 @@
+//! The file's layout: the tables and indexes, the schema version, and the migrations applied on
+//! open.
+//!
+//! `PRAGMA user_version` holds the schema version and `PRAGMA application_id` marks the file as
+//! herald's, so a file from a newer herald or from another program is refused before anything is
+//! written to it.
+
+use rusqlite::{Connection, OptionalExtension};
+
+/// The schema version this build writes and reads.
+pub(crate) const VERSION: u32 = 1;
+
+/// `PRAGMA application_id` of a herald file: "HRLD".
+pub(crate) const APPLICATION_ID: i32 = 0x4852_4c44;
+
+/// Delivery status codes, ordered by how busy a delivery is, so that a finished event's rolled-up
+/// status is the `MAX` of its deliveries' codes (0, no delivery: unrouted). Changing them is a
+/// migration.
+pub(crate) mod status {
+    pub(crate) const UNROUTED: i64 = 0;
+    pub(crate) const SUCCEEDED: i64 = 1;
+    pub(crate) const EXPIRED: i64 = 2;
+    pub(crate) const CANCELLED: i64 = 3;
+    pub(crate) const DEAD: i64 = 4;
+    pub(crate) const SCHEDULED: i64 = 5;
+    pub(crate) const PENDING: i64 = 6;
+    pub(crate) const RETRYING: i64 = 7;
+    pub(crate) const ACTIVE: i64 = 8;
+    /// `events.status` of an event with a delivery not finished. Which open status it shows
+    /// (scheduled, pending, active, retrying) is rolled up from its deliveries when read, so that
+    /// claims and retries never touch the event's row and its indexes.
+    pub(crate) const OPEN: i64 = 9;
+}
+
+/// Attempt outcome codes.
+pub(crate) mod outcome {
+    pub(crate) const SUCCEEDED: i64 = 1;
+    pub(crate) const FAILED: i64 = 2;
+    pub(crate) const DEAD: i64 = 3;
+    /// Kept for the code's sake: a released attempt is deleted, not recorded.
+    pub(crate) const RELEASED: i64 = 4;
+    pub(crate) const LEASE_EXPIRED: i64 = 5;
+}
+
+/// Keys of the `counters` table besides the delivery status codes (1..=8).
+pub(crate) mod counter {
+    pub(crate) const EVENTS: i64 = 100;
+    pub(crate) const UNROUTED: i64 = 101;
+}
+
+/// Version 1: events, their deliveries, attempts, subscriptions and the running counts.
+///
+/// - `deliveries_waiting` serves claims: one index range per priority, due times up to now.
+/// - `deliveries_later` serves `next_due` and the count of scheduled deliveries that came due.
+/// - `deliveries_leased` serves lease expiry; `deliveries_expiring` the TTL check of a claim.
+/// - `events_topic`, `events_topic_status` and `events_status` serve history pages, newest first by
+///   `seq` (which every index of `events` ends with), so that a page reads only its own rows.
+const V1: &str = "
+CREATE TABLE subscriptions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    pattern TEXT NOT NULL
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    content_type TEXT,
+    source TEXT,
+    headers TEXT,
+    priority INTEGER NOT NULL,
+    published_at INTEGER NOT NULL,
+    deliver_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    key TEXT,
+    reply_to TEXT,
+    status INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE UNIQUE INDEX events_key ON events(key) WHERE key IS NOT NULL;
+CREATE INDEX events_topic ON events(topic);
+CREATE INDEX events_topic_status ON events(topic, status);
+CREATE INDEX events_status ON events(status);
+CREATE INDEX events_finished ON events(finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE deliveries (
+    id BLOB PRIMARY KEY,
+    event INTEGER NOT NULL,
+    sub INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    claimed_from INTEGER,
+    priority INTEGER NOT NULL,
+    due INTEGER NOT NULL,
+    expires_at INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    token INTEGER NOT NULL DEFAULT 0,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    reply BLOB
+) WITHOUT ROWID;
+CREATE INDEX deliveries_event ON deliveries(event);
+CREATE INDEX deliveries_waiting ON deliveries(sub, priority, due) WHERE status IN (5, 6, 7);
+CREATE INDEX deliveries_later ON deliveries(sub, due, status) WHERE status IN (5, 7);
+CREATE INDEX deliveries_leased ON deliveries(sub, lease_until) WHERE status = 8;
+CREATE INDEX deliveries_expiring ON deliveries(sub, expires_at)
+    WHERE expires_at IS NOT NULL AND status IN (5, 6, 7, 8);
+CREATE TABLE attempts (
+    delivery BLOB NOT NULL,
+    number INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    outcome INTEGER,
+    error TEXT,
+    PRIMARY KEY (delivery, number)
+) WITHOUT ROWID;
+CREATE TABLE counters (
+    key INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL
+);
+";
+
+/// Each migration takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// What the file holds before any migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// Something this build can open (perhaps after migrations).
+    Usable,
+    /// A herald file of a newer schema.
+    Newer(u32),
+    /// A database of some other program.
+    Foreign,
+}
+
+/// Reads the version marks of an open file.
+pub(crate) fn inspect(conn: &Connection) -> rusqlite::Result<Found> {
+    let app: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if app == APPLICATION_ID {
+        return Ok(if version > VERSION {
+            Found::Newer(version)
+        } else {
+            Found::Usable
+        });
+    }
+    let any_table: Option<String> = conn
+        .query_row("SELECT name FROM sqlite_master LIMIT 1", [], |r| r.get(0))
+        .optional()?;
+    Ok(if app == 0 && version == 0 && any_table.is_none() {
+        Found::Usable
+    } else {
+        Found::Foreign
+    })
+}
+
+/// Brings the schema up to [`VERSION`], each step in its own transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    loop {
+        let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let Some(step) = MIGRATIONS.get(version as usize) else {
+            return Ok(());
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(step)?;
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {};",
+            version + 1
+        ))?;
+        tx.commit()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn migrations_reach_the_current_version() {
+        assert_eq!(MIGRATIONS.len(), VERSION as usize);
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(inspect(&conn).unwrap(), Found::Usable);
+        migrate(&mut conn).unwrap();
+        assert_eq!(inspect(&conn).unwrap(), Found::Usable);
+        let v: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, VERSION);
+        migrate(&mut conn).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod plans {
+    //! The statements that must stay fast with millions of rows use the index meant for them.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let params: Vec<i64> = vec![1; stmt.parameter_count()];
+        let rows: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.join("\n")
+    }
+
+    #[test]
+    fn hot_statements_use_their_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let claim = plan(&conn, &crate::writer::claim_sql_for_tests());
+        assert_eq!(
+            claim
+                .matches("USING INDEX deliveries_waiting (sub=? AND priority=? AND due<?)")
+                .count(),
+            11,
+            "{claim}"
+        );
+        assert!(
+            claim.contains("USING INDEX deliveries_leased (sub=? AND lease_until<?)"),
+            "{claim}"
+        );
+        for (sql, index) in [
+            ("SELECT due FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due > ?2 ORDER BY due LIMIT 1", "COVERING INDEX deliveries_later (sub=? AND due>?)"),
+            ("SELECT lease_until FROM deliveries WHERE sub = ?1 AND status = 8 AND lease_until > ?2 ORDER BY lease_until LIMIT 1", "COVERING INDEX deliveries_leased (sub=? AND lease_until>?)"),
+            ("SELECT COUNT(*) FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due <= ?2 AND status = 5", "COVERING INDEX deliveries_later (sub=? AND due<?)"),
+            ("UPDATE deliveries SET status = 2 WHERE sub = ?1 AND expires_at IS NOT NULL AND status IN (5, 6, 7, 8) AND expires_at <= ?2 AND ((status IN (5, 6, 7) AND due <= ?2) OR (status = 8 AND lease_until <= ?2))", "INDEX deliveries_expiring (sub=?"),
+            ("SELECT seq FROM events e WHERE 1 AND e.seq < ? AND e.topic = ? AND e.status = 1 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
+            ("SELECT seq FROM events e WHERE 1 AND e.seq < COALESCE((SELECT seq FROM events WHERE id = ?1), (SELECT seq + 1 FROM events WHERE id < ?1 ORDER BY id DESC LIMIT 1), 0) AND e.topic = ? AND e.status = 1 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
+            ("SELECT seq FROM events e WHERE 1 AND e.seq < ? AND e.topic = ? ORDER BY e.seq DESC", "INDEX events_topic (topic=? AND rowid<?)"),
+            ("SELECT seq FROM events e WHERE 1 AND e.status = 4 ORDER BY e.seq DESC", "INDEX events_status (status=?)"),
+            ("SELECT seq FROM events e WHERE 1 AND e.seq < ? AND +e.topic >= ? AND +e.topic < ? ORDER BY e.seq DESC", "INTEGER PRIMARY KEY (rowid<?)"),
+            ("SELECT seq FROM events e WHERE 1 AND e.status = 9 ORDER BY e.seq DESC", "INDEX events_status (status=?)"),
+            ("SELECT seq, status FROM events WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2", "INDEX events_finished"),
+        ] {
+            let p = plan(&conn, sql);
+            assert!(p.contains(index), "{sql}\n{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
+        }
+    }
+}
