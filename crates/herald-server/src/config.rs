@@ -1,0 +1,394 @@
+//! The server's configuration: a TOML file, then `HERALD_*` environment variables, then flags;
+//! a later source wins over an earlier one, and defaults fill the rest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which store the server keeps events in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// In process memory: fast, and gone when the process stops.
+    Memory,
+    /// The embedded durable store: one SQLite file in the data directory.
+    Sqlite,
+}
+
+impl StoreKind {
+    /// The default: the embedded store when this build has it, else memory.
+    pub const DEFAULT: StoreKind = if cfg!(feature = "sqlite") {
+        StoreKind::Sqlite
+    } else {
+        StoreKind::Memory
+    };
+
+    /// Its name in the config (`memory`, `sqlite`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(StoreKind::Memory),
+            "sqlite" => Ok(StoreKind::Sqlite),
+            other => Err(format!("unknown store '{other}': use 'sqlite' or 'memory'")),
+        }
+    }
+}
+
+/// The configuration could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read the config file '{path}': {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for herald.
+    #[error("the config file '{path}' is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong in it.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// An environment variable has a value that does not parse.
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// The settings do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// One source of settings (the file, the environment or the flags): each field it leaves `None`
+/// falls through to the sources below it.
+///
+/// The file is TOML with the same names:
+///
+/// ```toml
+/// listen = "127.0.0.1:7420"
+/// data = "./herald-data"
+/// store = "sqlite"            # or "memory"
+/// body_limit = 1048576
+/// request_timeout_ms = 30000
+/// shutdown_timeout_ms = 10000
+/// max_pending = 100000
+/// workers = 64
+/// tokens = ["a-long-random-token"]
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConfigLayer {
+    /// The address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// The data directory of the embedded store.
+    pub data: Option<PathBuf>,
+    /// The store.
+    pub store: Option<StoreKind>,
+    /// The largest request body, in bytes.
+    pub body_limit: Option<usize>,
+    /// How long one HTTP request may take, in milliseconds.
+    pub request_timeout_ms: Option<u64>,
+    /// How long shutdown waits for running work, in milliseconds.
+    pub shutdown_timeout_ms: Option<u64>,
+    /// How many unfinished deliveries the store may hold before publishes get 429.
+    pub max_pending: Option<u64>,
+    /// How many handlers (webhook calls) may run at once.
+    pub workers: Option<usize>,
+    /// Bearer tokens that clients may present; when empty, no authentication.
+    pub tokens: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ConfigLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigLayer")
+            .field("listen", &self.listen)
+            .field("data", &self.data)
+            .field("store", &self.store)
+            .field(
+                "tokens",
+                &self.tokens.as_ref().map(|t| format!("[{} redacted]", t.len())),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigLayer {
+    /// Settings from the text of a TOML config file.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Settings from a TOML config file.
+    pub fn from_file(path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+        let path = path.into();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path,
+            source: Box::new(source),
+        })
+    }
+
+    /// Settings from `HERALD_*` variables, read through `var` (pass `|k| std::env::var(k).ok()`).
+    ///
+    /// `HERALD_LISTEN`, `HERALD_DATA`, `HERALD_STORE`, `HERALD_BODY_LIMIT`,
+    /// `HERALD_REQUEST_TIMEOUT_MS`, `HERALD_SHUTDOWN_TIMEOUT_MS`, `HERALD_MAX_PENDING`,
+    /// `HERALD_WORKERS`, `HERALD_TOKENS` (comma-separated).
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn parsed<T: FromStr>(
+            var: &impl Fn(&str) -> Option<String>,
+            name: &'static str,
+        ) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match var(name) {
+                None => Ok(None),
+                Some(value) => value.trim().parse().map(Some).map_err(|e: T::Err| ConfigError::Env {
+                    name,
+                    reason: e.to_string(),
+                    value,
+                }),
+            }
+        }
+        Ok(ConfigLayer {
+            listen: parsed(&var, "HERALD_LISTEN")?,
+            data: var("HERALD_DATA").map(PathBuf::from),
+            store: parsed(&var, "HERALD_STORE")?,
+            body_limit: parsed(&var, "HERALD_BODY_LIMIT")?,
+            request_timeout_ms: parsed(&var, "HERALD_REQUEST_TIMEOUT_MS")?,
+            shutdown_timeout_ms: parsed(&var, "HERALD_SHUTDOWN_TIMEOUT_MS")?,
+            max_pending: parsed(&var, "HERALD_MAX_PENDING")?,
+            workers: parsed(&var, "HERALD_WORKERS")?,
+            tokens: var("HERALD_TOKENS").map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
+        })
+    }
+
+    /// These settings, with `lower`'s where these have none.
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            listen: self.listen.or(lower.listen),
+            data: self.data.or(lower.data),
+            store: self.store.or(lower.store),
+            body_limit: self.body_limit.or(lower.body_limit),
+            request_timeout_ms: self.request_timeout_ms.or(lower.request_timeout_ms),
+            shutdown_timeout_ms: self.shutdown_timeout_ms.or(lower.shutdown_timeout_ms),
+            max_pending: self.max_pending.or(lower.max_pending),
+            workers: self.workers.or(lower.workers),
+            tokens: self.tokens.or(lower.tokens),
+        }
+    }
+}
+
+/// The server's settings, resolved.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The address to listen on (default `127.0.0.1:7420`).
+    pub listen: SocketAddr,
+    /// The data directory of the embedded store (default `./herald-data`).
+    pub data: PathBuf,
+    /// The store (default: the embedded store when built with the `sqlite` feature).
+    pub store: StoreKind,
+    /// The largest request body in bytes (default 1 MiB); larger bodies get 413.
+    pub body_limit: usize,
+    /// How long one HTTP request may take (default 30 s).
+    pub request_timeout: Duration,
+    /// How long shutdown lets running work finish (default 10 s).
+    pub shutdown_timeout: Duration,
+    /// Unfinished deliveries past which publishes get 429 (default 100,000).
+    pub max_pending: u64,
+    /// How many handlers may run at once (default 64).
+    pub workers: usize,
+    /// Bearer tokens; required (non-empty) when `listen` is not a loopback address.
+    pub tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens themselves: configs end up in logs.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data", &self.data)
+            .field("store", &self.store)
+            .field("body_limit", &self.body_limit)
+            .field("request_timeout", &self.request_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("max_pending", &self.max_pending)
+            .field("workers", &self.workers)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            data: PathBuf::from("./herald-data"),
+            store: StoreKind::DEFAULT,
+            body_limit: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            max_pending: 100_000,
+            workers: 64,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Resolves settings from sources listed from the highest precedence to the lowest (flags,
+    /// environment, file), filling the rest with defaults, and checks them.
+    pub fn resolve(layers: impl IntoIterator<Item = ConfigLayer>) -> Result<Config, ConfigError> {
+        let merged = layers.into_iter().reduce(ConfigLayer::over).unwrap_or_default();
+        let d = Config::default();
+        let config = Config {
+            listen: merged.listen.unwrap_or(d.listen),
+            data: merged.data.unwrap_or(d.data),
+            store: merged.store.unwrap_or(d.store),
+            body_limit: merged.body_limit.unwrap_or(d.body_limit),
+            request_timeout: merged
+                .request_timeout_ms
+                .map_or(d.request_timeout, Duration::from_millis),
+            shutdown_timeout: merged
+                .shutdown_timeout_ms
+                .map_or(d.shutdown_timeout, Duration::from_millis),
+            max_pending: merged.max_pending.unwrap_or(d.max_pending),
+            workers: merged.workers.unwrap_or(d.workers),
+            tokens: merged.tokens.unwrap_or(d.tokens),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks that the settings make sense together.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.body_limit == 0 {
+            return Err(ConfigError::Invalid("body_limit must be at least 1 byte".into()));
+        }
+        if self.workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        if self.max_pending == 0 {
+            return Err(ConfigError::Invalid("max_pending must be at least 1".into()));
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid("request_timeout_ms must be at least 100".into()));
+        }
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listening on {} (beyond loopback) needs authentication: set `tokens` in the config file, \
+                 HERALD_TOKENS or --token, or listen on 127.0.0.1",
+                self.listen
+            )));
+        }
+        if !cfg!(feature = "sqlite") && self.store == StoreKind::Sqlite {
+            return Err(ConfigError::Invalid(
+                "this build has no embedded store (the `sqlite` feature is off): use store = \"memory\"".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn flags_win_over_env_which_wins_over_the_file() {
+        let file = ConfigLayer::from_toml(
+            "listen = \"127.0.0.1:1000\"\ndata = \"/from/file\"\nstore = \"memory\"\nbody_limit = 10\nworkers = 3\n",
+        )
+        .unwrap();
+        let env = ConfigLayer::from_env(env(&[
+            ("HERALD_LISTEN", "127.0.0.1:2000"),
+            ("HERALD_DATA", "/from/env"),
+        ]))
+        .unwrap();
+        let flags = ConfigLayer {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::resolve([flags, env, file]).unwrap();
+        assert_eq!(c.listen.port(), 3000);
+        assert_eq!(c.data, PathBuf::from("/from/env"));
+        assert_eq!(c.store, StoreKind::Memory);
+        assert_eq!(c.body_limit, 10);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn defaults_and_tokens_from_env() {
+        let c = Config::resolve([ConfigLayer::from_env(env(&[("HERALD_TOKENS", "a, b,")])).unwrap()]).unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 7420)));
+        assert_eq!(c.tokens, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(c.body_limit, 1 << 20);
+    }
+
+    #[test]
+    fn debug_output_never_shows_tokens() {
+        let c = Config {
+            tokens: vec!["hunter2".into()],
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let l = ConfigLayer::from_env(env(&[("HERALD_TOKENS", "hunter2")])).unwrap();
+        assert!(!format!("{l:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_sources_say_what_is_wrong() {
+        let e = ConfigLayer::from_env(env(&[("HERALD_WORKERS", "many")])).unwrap_err();
+        assert!(e.to_string().contains("HERALD_WORKERS"), "{e}");
+        assert!(ConfigLayer::from_toml("colour = \"red\"").is_err());
+        let beyond = ConfigLayer {
+            listen: Some("0.0.0.0:7420".parse().unwrap()),
+            ..Default::default()
+        };
+        let e = Config::resolve([beyond]).unwrap_err();
+        assert!(e.to_string().contains("needs authentication"), "{e}");
+    }
+}
