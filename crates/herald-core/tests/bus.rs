@@ -841,3 +841,34 @@ async fn unsubscribe_stops_handling_and_routing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(rx.try_recv().is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn try_variants_of_message_and_batch_publishes_fail_when_full() {
+    let herald = Herald::builder()
+        .system_events(false)
+        .max_pending(2)
+        .build()
+        .await
+        .unwrap();
+    let sub = herald
+        .subscribe("full", "job.full")
+        .handle(|_: u8, _ctx: Context| async { Ok::<_, HandlerError>(()) })
+        .await
+        .unwrap();
+    sub.pause();
+    let ids = herald
+        .try_publish_batch([Message::json("job.full", &1), Message::json("job.full", &2)])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    let err = herald
+        .try_publish_message(Message::json("job.full", &3))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::Full { max_pending: 2 }), "{err}");
+    let err = herald
+        .try_publish_batch([Message::json("job.full", &4)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::Full { .. }), "{err}");
+}

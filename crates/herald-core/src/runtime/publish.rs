@@ -368,6 +368,29 @@ impl Herald {
         }
     }
 
+    /// Like [`publish_message`](Herald::publish_message), but fails with [`PublishError::Full`]
+    /// instead of waiting for room.
+    pub fn try_publish_message(&self, message: Message) -> Publish<'_> {
+        Publish {
+            herald: self,
+            message,
+            room: Room::Fail,
+        }
+    }
+
+    /// Like [`publish_batch`](Herald::publish_batch), but fails with [`PublishError::Full`] instead
+    /// of waiting for room (an HTTP API answers 429 at once this way).
+    pub async fn try_publish_batch(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<EventId>, PublishError> {
+        let published = self
+            .inner
+            .publish_many(messages.into_iter().collect(), Room::Fail)
+            .await?;
+        Ok(published.iter().map(Published::id).collect())
+    }
+
     /// Publishes many messages in one store call; returns their ids in order. Nothing is stored
     /// if any message is invalid.
     ///

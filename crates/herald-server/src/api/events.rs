@@ -152,11 +152,11 @@ pub(crate) async fn publish(
     app.check_room()?;
     match publishing {
         Publishing::One(m) => {
-            let id = app.herald().publish_message(*m).await?;
+            let id = app.herald().try_publish_message(*m).await?;
             Ok(Json(json!({ "id": id })))
         }
         Publishing::Batch(ms) => {
-            let ids = app.herald().publish_batch(ms).await?;
+            let ids = app.herald().try_publish_batch(ms).await?;
             Ok(Json(json!({ "ids": ids })))
         }
     }
