@@ -25,6 +25,31 @@
 //! Errors are `{"error": {"code", "message"}}`: 400 invalid, 401 no or wrong token, 404 unknown,
 //! 409 wrong state, 413 body over `body_limit`, 429 queue full (with `Retry-After`), 503 shutting
 //! down, 408 over `request_timeout_ms`.
+//!
+//! # The CLI
+//! The other subcommands of `herald` are clients of this API:
+//!
+//! ```text
+//! herald publish TOPIC [PAYLOAD_JSON] [--delay 30s | --at RFC3339] [--priority N] [--key K] [--ttl 1h]
+//!                [--header k=v]...
+//! herald schedule TOPIC PAYLOAD_JSON --delay 5m | --at RFC3339   # publish with a required time
+//! herald cancel EVENT_ID
+//! herald request TOPIC PAYLOAD_JSON [--timeout 5s]                # prints the reply
+//! herald events [--topic P] [--status S] [--subscription N] [--since T] [--until T] [--key K]
+//!               [--limit N] [--after CURSOR]
+//! herald event EVENT_ID                                           # with deliveries and attempts
+//! herald retry DELIVERY_ID
+//! herald subs [list | pause NAME | resume NAME | delete NAME]
+//! herald stats
+//! ```
+//!
+//! Every one takes `--server URL` (default `http://127.0.0.1:7420`, or `HERALD_SERVER`), `--token T`
+//! (or `HERALD_TOKEN`) and `--json`, which prints the API's JSON answer as is instead of a table.
+//! Payloads are JSON (a string keeps its quotes: `'"text"'`); durations are humantime (`30s`,
+//! `1h 30m`); `--since`/`--until` take an RFC 3339 time, epoch milliseconds or a duration ago
+//! (`10m`). `events` prints `more: --after CURSOR` when there is a next page. A failure prints the
+//! API's message on stderr and exits 2 for a 4xx (or a bad argument), 1 otherwise (5xx, no
+//! connection: "is `herald serve` running at URL?").
 
 mod api;
 mod config;

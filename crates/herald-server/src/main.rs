@@ -1,4 +1,7 @@
-//! The `herald` binary: `herald serve` runs the HTTP API over a herald store.
+//! The `herald` binary: `herald serve` runs the HTTP API over a herald store; the other
+//! subcommands (`publish`, `events`, `subs`, ...) are clients of that API.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +22,8 @@ struct Cli {
 enum Command {
     /// Runs the server until SIGTERM or Ctrl-C, then drains.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 /// Flags win over `HERALD_*` environment variables, which win over the config file.
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Client(command) => ExitCode::from(runtime.block_on(cli::run(command))),
     }
 }
 
