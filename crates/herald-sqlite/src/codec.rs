@@ -84,15 +84,15 @@ pub(crate) fn delivery_status(code: i64, index: usize) -> rusqlite::Result<Deliv
     })
 }
 
-/// The status a delivery shows at `now`: a scheduled delivery whose time has come is pending,
-/// whether or not a claim has moved it yet.
+/// The status a delivery shows at `now`: a scheduled or retrying delivery whose time has come is
+/// pending, whether or not a claim has moved it yet.
 pub(crate) fn shown_status(
     code: i64,
     due: Timestamp,
     now: Timestamp,
     index: usize,
 ) -> rusqlite::Result<DeliveryStatus> {
-    if code == status::SCHEDULED && due <= now {
+    if (code == status::SCHEDULED || code == status::RETRYING) && due <= now {
         return Ok(DeliveryStatus::Pending);
     }
     delivery_status(code, index)

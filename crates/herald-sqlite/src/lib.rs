@@ -10,11 +10,15 @@
 //! ```
 //!
 //! # What it guarantees
-//! - **Durable**: `publish` returns once the events are in the file and synced (WAL with
-//!   `synchronous=FULL`: `NORMAL` syncs only at checkpoints, so events already reported stored could
-//!   be lost to a power cut). Outcomes, cancels and requeues are synced the same way. Claims and
-//!   lease extensions alone are not waited for: losing one to a power cut only makes its delivery
-//!   claimable again, as its lease running out would, and the next synced commit covers it.
+//! - **Durable**: `publish` returns once the events are in the file and the write-ahead log holding
+//!   them is synced: what `synchronous=FULL` gives (`NORMAL` alone syncs only at checkpoints, so
+//!   events already reported stored could be lost to a power cut), with the sync done by a thread
+//!   of its own for every commit made since the last one. Outcomes, cancels, requeues and
+//!   subscription changes are synced the same way. Claims and lease extensions alone are not waited
+//!   for: losing one to a power cut only makes its delivery claimable again, as its lease running
+//!   out would, and the next synced commit covers it. Nothing is answered (nor woken for) before
+//!   every commit before it is synced; history reads on other connections may see a commit up to
+//!   one sync (about a millisecond) before it is on disk.
 //! - **At least once**: a delivery whose worker died is claimable again as soon as its lease runs
 //!   out, by any worker of the next process; the lost attempt is recorded as `lease_expired`.
 //! - **Flat memory**: scheduled events stay on disk; the runtime asks the store for the next due
@@ -22,8 +26,10 @@
 //!
 //! # How it works
 //! One writer thread owns the only writing connection and group-commits the writes of all
-//! concurrent callers into one transaction (one fsync for many publishes and outcomes); reads run
-//! on connections of their own and never wait for it. History pages come newest first in the order
+//! concurrent callers into one transaction, a statement per table for each run of publishes or
+//! outcomes; a sync thread syncs the log once for every group committed meanwhile (one fsync for
+//! many publishes and outcomes, while the writer goes on with the next group); reads run on
+//! connections of their own and never wait for it. History pages come newest first in the order
 //! events were stored; the cursor is the last event id of the previous page. A claim is one `UPDATE ... WHERE id
 //! IN (SELECT ... ORDER BY priority DESC, due LIMIT n) RETURNING ...`. Due times and leases are judged
 //! by the store's [`Clock`], passed into every statement, never by SQLite's own time.
@@ -264,9 +270,11 @@ fn open(path: PathBuf, clock: Clock, temporary: Option<PathBuf>) -> Result<Sqlit
     )
     .map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+    // `rarray(?)`: the writer passes lists of ids to set-based statements.
+    rusqlite::vtab::array::load_module(&conn).map_err(sql)?;
     // Every statement the writer runs stays prepared (rusqlite keeps 16 by default, fewer than
     // the writer has: re-preparing the claim statement would cost more than running it).
-    conn.set_prepared_statement_cache_capacity(64);
+    conn.set_prepared_statement_cache_capacity(128);
     // A prepared statement keeps its plan whatever values are bound: without this, SQLite (built
     // with STAT4) prepares range statements again when their bound times change, which cost more
     // than running them.
@@ -303,7 +311,13 @@ fn open(path: PathBuf, clock: Clock, temporary: Option<PathBuf>) -> Result<Sqlit
     let counts = Counts::load(&conn).map_err(sql)?;
     let subs = shared::load_subscriptions(&conn).map_err(sql)?;
     let shared = Arc::new(Shared::new(counts, subs));
-    let writer = Writer::start(conn, shared.clone(), counts).map_err(|source| OpenError::Create {
+    // The writer commits without waiting for the disk and its sync thread syncs the log before
+    // anything is answered (see `writer`): `FULL`'s guarantee, with the sync off the writer.
+    conn.execute_batch("PRAGMA synchronous = NORMAL;").map_err(sql)?;
+    // SQLite's own (absolute) name of the file: the log is next to it, whatever the working
+    // directory becomes.
+    let wal = PathBuf::from(format!("{}-wal", conn.path().unwrap_or_default()));
+    let writer = Writer::start(conn, wal, shared.clone(), counts).map_err(|source| OpenError::Create {
         path: path.clone(),
         source,
     })?;
@@ -434,6 +448,18 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn remove_subscription(&self, subscription: &SubscriptionName) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let command = Command::Remove {
+            name: subscription.clone(),
+            now,
+        };
+        match self.write(command).await? {
+            Reply::Removed(n) => Ok(n),
+            _ => Err(mismatch()),
+        }
+    }
+
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
         let now = self.clock.now();
         match self.write(Command::Publish { events, now }).await? {
@@ -553,21 +579,23 @@ impl Store for SqliteStore {
                 // Counts and the due count from one moment: the writer cannot commit in between
                 // unnoticed, because the counts are read inside the read transaction.
                 inner.readers.read(|conn| {
-                    let came_due = read::scheduled_and_due(conn, &subs, now)?;
+                    let came_due = read::came_due(conn, &subs, now)?;
                     Ok((Counts::load(conn)?, came_due))
                 })
             })
             .await?;
         let at = |code: i64| u64::try_from(counts.deliveries[code as usize]).unwrap_or(0);
-        let came_due = u64::try_from(came_due).unwrap_or(0);
+        let scheduled_due = u64::try_from(came_due.0).unwrap_or(0).min(at(status::SCHEDULED));
+        let retrying_due = u64::try_from(came_due.1).unwrap_or(0).min(at(status::RETRYING));
         let mut stats = Stats::default();
         stats.events = u64::try_from(counts.events).unwrap_or(0);
         stats.unrouted = u64::try_from(counts.unrouted).unwrap_or(0);
         let d = &mut stats.deliveries;
-        d.scheduled = at(status::SCHEDULED).saturating_sub(came_due);
-        d.pending = at(status::PENDING) + came_due.min(at(status::SCHEDULED));
+        // A scheduled or retrying delivery whose time has come shows as pending, as in `get`.
+        d.scheduled = at(status::SCHEDULED) - scheduled_due;
+        d.pending = at(status::PENDING) + scheduled_due + retrying_due;
         d.active = at(status::ACTIVE);
-        d.retrying = at(status::RETRYING);
+        d.retrying = at(status::RETRYING) - retrying_due;
         d.succeeded = at(status::SUCCEEDED);
         d.dead = at(status::DEAD);
         d.cancelled = at(status::CANCELLED);

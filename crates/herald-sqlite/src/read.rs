@@ -180,16 +180,17 @@ fn event_status_sql(s: EventStatus) -> String {
 /// The SQL condition for a delivery in the status an event status names, over deliveries `d`.
 fn delivery_status_sql(s: EventStatus, now: i64, args: &mut Vec<Value>) -> String {
     match s {
-        EventStatus::Scheduled => {
+        EventStatus::Scheduled | EventStatus::Retrying => {
             args.push(Value::Integer(now));
-            format!("d.status = {} AND d.due > ?", status::SCHEDULED)
+            format!("d.status = {} AND d.due > ?", codec::event_status_code(s))
         }
         EventStatus::Pending => {
             args.push(Value::Integer(now));
             format!(
-                "(d.status = {} OR (d.status = {} AND d.due <= ?))",
+                "(d.status = {} OR (d.status IN ({}, {}) AND d.due <= ?))",
                 status::PENDING,
-                status::SCHEDULED
+                status::SCHEDULED,
+                status::RETRYING
             )
         }
         EventStatus::Unrouted => "0".to_owned(),
@@ -254,7 +255,7 @@ pub(crate) fn query(
     }
     match (&filter.subscription, filter.status) {
         (Some(name), status) => {
-            let Some(sub) = shared.sub_id(name) else {
+            let Some(sub) = shared.history_sub_id(name) else {
                 return Ok(Page::new(Vec::new(), None));
             };
             sql.push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event = e.seq AND d.sub = ?");
@@ -325,15 +326,19 @@ pub(crate) fn next_due(conn: &Connection, subs: &[i64], after: Timestamp) -> rus
     Ok(earliest.map(Timestamp::from_millis))
 }
 
-/// How many scheduled deliveries came due by `now` without being claimed: `stats` shows them as
-/// pending.
-pub(crate) fn scheduled_and_due(conn: &Connection, subs: &[i64], now: Timestamp) -> rusqlite::Result<i64> {
+/// How many scheduled and how many retrying deliveries came due by `now` without being claimed:
+/// `stats` shows them as pending.
+pub(crate) fn came_due(conn: &Connection, subs: &[i64], now: Timestamp) -> rusqlite::Result<(i64, i64)> {
     let mut stmt = conn.prepare_cached(
-        "SELECT COUNT(*) FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due <= ?2 AND status = 5",
+        "SELECT COUNT(*), COALESCE(SUM(status = 7), 0) FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due <= ?2",
     )?;
-    let mut n = 0;
+    let (mut scheduled, mut retrying) = (0, 0);
     for &sub in subs {
-        n += stmt.query_row((sub, now.as_millis()), |r| r.get::<_, i64>(0))?;
+        let (all, r) = stmt.query_row((sub, now.as_millis()), |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        scheduled += all - r;
+        retrying += r;
     }
-    Ok(n)
+    Ok((scheduled, retrying))
 }

@@ -8,7 +8,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes and reads.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// `PRAGMA application_id` of a herald file: "HRLD".
 pub(crate) const APPLICATION_ID: i32 = 0x4852_4c44;
@@ -119,8 +119,15 @@ CREATE TABLE counters (
 );
 ";
 
+/// Version 2: a subscription can be removed (`removed = 1`): it routes nothing and cannot be
+/// claimed from, but its name stays for the history of its deliveries, and declaring it again
+/// revives it.
+const V2: &str = "
+ALTER TABLE subscriptions ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Each migration takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// What the file holds before any migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +216,7 @@ mod plans {
     #[test]
     fn hot_statements_use_their_indexes() {
         let mut conn = Connection::open_in_memory().unwrap();
+        rusqlite::vtab::array::load_module(&conn).unwrap();
         migrate(&mut conn).unwrap();
         let claim = plan(&conn, &crate::writer::claim_sql_for_tests());
         assert_eq!(
@@ -225,7 +233,7 @@ mod plans {
         for (sql, index) in [
             ("SELECT due FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due > ?2 ORDER BY due LIMIT 1", "COVERING INDEX deliveries_later (sub=? AND due>?)"),
             ("SELECT lease_until FROM deliveries WHERE sub = ?1 AND status = 8 AND lease_until > ?2 ORDER BY lease_until LIMIT 1", "COVERING INDEX deliveries_leased (sub=? AND lease_until>?)"),
-            ("SELECT COUNT(*) FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due <= ?2 AND status = 5", "COVERING INDEX deliveries_later (sub=? AND due<?)"),
+            ("SELECT COUNT(*), COALESCE(SUM(status = 7), 0) FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due <= ?2", "COVERING INDEX deliveries_later (sub=? AND due<?)"),
             ("UPDATE deliveries SET status = 2 WHERE sub = ?1 AND expires_at IS NOT NULL AND status IN (5, 6, 7, 8) AND expires_at <= ?2 AND ((status IN (5, 6, 7) AND due <= ?2) OR (status = 8 AND lease_until <= ?2))", "INDEX deliveries_expiring (sub=?"),
             ("SELECT seq FROM events e WHERE 1 AND e.seq < ? AND e.topic = ? AND e.status = 1 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
             ("SELECT seq FROM events e WHERE 1 AND e.seq < COALESCE((SELECT seq FROM events WHERE id = ?1), (SELECT seq + 1 FROM events WHERE id < ?1 ORDER BY id DESC LIMIT 1), 0) AND e.topic = ? AND e.status = 1 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
@@ -234,6 +242,12 @@ mod plans {
             ("SELECT seq FROM events e WHERE 1 AND e.seq < ? AND +e.topic >= ? AND +e.topic < ? ORDER BY e.seq DESC", "INTEGER PRIMARY KEY (rowid<?)"),
             ("SELECT seq FROM events e WHERE 1 AND e.status = 9 ORDER BY e.seq DESC", "INDEX events_status (status=?)"),
             ("SELECT seq, status FROM events WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2", "INDEX events_finished"),
+            // The set-based statements of a group's outcomes and claims seek each row by its key.
+            ("WITH o(id, n, f, code, err) AS (VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)) UPDATE attempts SET finished_at = o.f FROM o WHERE attempts.delivery = o.id AND attempts.number = o.n", "SEARCH attempts USING PRIMARY KEY (delivery=? AND number=?)"),
+            ("WITH o(id, st) AS (VALUES (?, ?), (?, ?)) UPDATE deliveries SET status = o.st FROM o WHERE deliveries.id = o.id", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
+            ("UPDATE events SET status = (SELECT MAX(d.status) FROM deliveries d WHERE d.event = events.seq) WHERE seq IN rarray(?1)", "SEARCH d USING INDEX deliveries_event (event=?)"),
+            ("SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event WHERE d.id IN rarray(?1) AND d.status = 8", "SEARCH d USING PRIMARY KEY (id=?)"),
+            ("INSERT INTO attempts (delivery, number, started_at) SELECT id, attempts, ?2 FROM deliveries WHERE id IN rarray(?1)", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
         ] {
             let p = plan(&conn, sql);
             assert!(p.contains(index), "{sql}\n{p}");

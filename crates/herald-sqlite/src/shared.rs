@@ -16,11 +16,13 @@ pub(crate) struct SubscriptionRow {
     pub(crate) id: i64,
     pub(crate) name: SubscriptionName,
     pub(crate) pattern: Pattern,
+    /// Removed: it routes nothing and cannot be claimed from; its name stays for the history.
+    pub(crate) removed: bool,
 }
 
 /// Reads every declared subscription.
 pub(crate) fn load_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionRow>> {
-    let mut stmt = conn.prepare("SELECT id, name, pattern FROM subscriptions ORDER BY id")?;
+    let mut stmt = conn.prepare("SELECT id, name, pattern, removed FROM subscriptions ORDER BY id")?;
     let rows = stmt.query_map([], |r| {
         let name: String = r.get(1)?;
         let pattern: String = r.get(2)?;
@@ -28,6 +30,7 @@ pub(crate) fn load_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subs
             id: r.get(0)?,
             name: SubscriptionName::new(&name).map_err(|e| crate::codec::bad_column(1, e.to_string()))?,
             pattern: crate::writer::pattern_from(&pattern, 2)?,
+            removed: r.get(3)?,
         })
     })?;
     rows.collect()
@@ -67,8 +70,15 @@ impl Shared {
         *self.subs.write().unwrap_or_else(PoisonError::into_inner) = subs;
     }
 
-    /// The id of the subscription named `name`, if declared.
+    /// The id of the subscription named `name`, if declared and not removed.
     pub(crate) fn sub_id(&self, name: &SubscriptionName) -> Option<i64> {
+        let subs = self.subs.read().unwrap_or_else(PoisonError::into_inner);
+        subs.iter().find(|s| &s.name == name && !s.removed).map(|s| s.id)
+    }
+
+    /// The id of the subscription named `name`, if it was ever declared (removed or not): its
+    /// deliveries' history stays.
+    pub(crate) fn history_sub_id(&self, name: &SubscriptionName) -> Option<i64> {
         let subs = self.subs.read().unwrap_or_else(PoisonError::into_inner);
         subs.iter().find(|s| &s.name == name).map(|s| s.id)
     }

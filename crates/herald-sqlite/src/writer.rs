@@ -2,21 +2,35 @@
 //! concurrent callers into one transaction.
 //!
 //! Callers queue a [`Command`] and wait until its transaction is durable. The thread takes every
-//! command queued while the last commit was syncing and commits them in one transaction: one fsync
-//! for the whole group (claims and lease extensions go first, in a transaction of their own that
-//! does not wait for the disk). If a statement fails, the group is undone and each command runs
-//! again on its own, so one failing write does not refuse the others. Only after a commit does the
-//! thread publish the new counts and subscriptions and send wakeups.
+//! command queued while it was busy and commits them in one transaction (claims and lease
+//! extensions go first, in a transaction of their own). Runs of publishes and of outcomes in a
+//! group are applied as one: a statement per table for the whole run (multi-row inserts, updates
+//! joined to a `VALUES` list, `rarray` lists of ids), not one per row. If a statement fails, the
+//! group is undone and each command runs again on its own, so one failing write does not refuse
+//! the others.
+//!
+//! The commit does not wait for the disk (`synchronous = NORMAL`): a second thread, the sync
+//! thread, takes each committed part, syncs the log once for every part committed since its last
+//! sync, then sends their wakeups and answers, in commit order. So the writer applies the next
+//! group while the last one is being synced, and nothing is answered or woken for before it is on
+//! disk (see [`sync_loop`]).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use herald_core::{
     Cancelled, Claimed, Completion, DeliveryId, Event, EventId, Lease, Outcome, Pattern, Published, Requeued,
     StoreError, SubscriptionName, SubscriptionSpec, Timestamp, Topic, Verdict, Wakeup,
 };
+use rusqlite::types::Value;
+use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -28,6 +42,9 @@ use crate::shared::{Shared, SubscriptionRow};
 /// The most commands one transaction takes, so that one commit cannot grow without bound.
 const MAX_GROUP: usize = 1024;
 
+/// How long the sync thread waits for the group the writer is committing, at most.
+const SYNC_WAIT: Duration = Duration::from_millis(5);
+
 /// The error recorded on an attempt whose lease ran out.
 const LEASE_RAN_OUT: &str = "the lease ran out before an outcome was recorded";
 
@@ -35,6 +52,10 @@ const LEASE_RAN_OUT: &str = "the lease ran out before an outcome was recorded";
 #[derive(Debug)]
 pub(crate) enum Command {
     Declare(SubscriptionSpec),
+    Remove {
+        name: SubscriptionName,
+        now: Timestamp,
+    },
     Publish {
         events: Vec<Event>,
         now: Timestamp,
@@ -72,6 +93,7 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) enum Reply {
     Declared,
+    Removed(u64),
     Published(Vec<Published>),
     Claimed(Vec<Claimed>),
     Extended(Vec<bool>),
@@ -81,9 +103,12 @@ pub(crate) enum Reply {
     Purged(u64),
 }
 
+/// Where a command's answer goes.
+type ReplyTo = oneshot::Sender<Result<Reply, StoreError>>;
+
 struct Request {
     command: Command,
-    reply: oneshot::Sender<Result<Reply, StoreError>>,
+    reply: ReplyTo,
 }
 
 /// The answer to a submitted command: await it, or block on it outside async code.
@@ -116,9 +141,21 @@ fn stopped() -> StoreError {
 
 impl Writer {
     /// Starts the writer thread on `conn`, which must be open, migrated and in WAL mode.
-    pub(crate) fn start(conn: Connection, shared: Arc<Shared>, counts: Counts) -> std::io::Result<Writer> {
+    pub(crate) fn start(
+        conn: Connection,
+        wal: PathBuf,
+        shared: Arc<Shared>,
+        counts: Counts,
+    ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
         let subs = shared.subscriptions();
+        let syncer_shared = shared.clone();
+        let busy = Arc::new(AtomicBool::new(false));
+        let writer_busy = busy.clone();
+        let syncer = std::thread::Builder::new()
+            .name("herald-sqlite-sync".into())
+            .spawn(move || sync_loop(done_rx, wal, syncer_shared, &busy))?;
         let thread = std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || {
@@ -128,9 +165,16 @@ impl Writer {
                     counts,
                     subs,
                     routes: HashMap::new(),
-                    synced: true,
+                    done: done_tx,
+                    busy: writer_busy,
                 };
                 state.run(rx);
+                // Every commit is answered (and synced) before the connection closes.
+                drop(state.done);
+                if syncer.join().is_err() {
+                    tracing::error!("herald-sqlite: the sync thread panicked");
+                }
+                drop(state.conn);
             })?;
         Ok(Writer {
             queue: Mutex::new(Some(tx)),
@@ -173,13 +217,17 @@ struct State {
     counts: Counts,
     subs: Vec<SubscriptionRow>,
     routes: HashMap<Topic, Arc<[i64]>>,
-    /// Whether the connection is at `synchronous = FULL` (it is opened so).
-    synced: bool,
+    /// Where committed groups go to be synced and answered, in commit order.
+    done: Sender<Done>,
+    /// Set from when the writer takes a group until it hands over the group's last part: the sync
+    /// thread, finding it set, waits for that part to sync it along.
+    busy: Arc<AtomicBool>,
 }
 
 impl State {
     fn run(&mut self, rx: Receiver<Request>) {
         while let Ok(first) = rx.recv() {
+            self.busy.store(true, Ordering::SeqCst);
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -206,18 +254,6 @@ impl State {
             .any(|c| !matches!(c, Command::Claim { .. } | Command::Extend { .. }))
     }
 
-    fn set_sync(&mut self, full: bool) -> rusqlite::Result<()> {
-        if self.synced != full {
-            self.exec(if full {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            })?;
-            self.synced = full;
-        }
-        Ok(())
-    }
-
     /// Commits the claims and lease extensions of the group first, without waiting for the disk,
     /// so that workers get their deliveries while the rest of the group (outcomes, publishes) is
     /// synced.
@@ -225,36 +261,48 @@ impl State {
         let (fast, durable): (Vec<Request>, Vec<Request>) = group
             .into_iter()
             .partition(|r| !Self::needs_sync(std::slice::from_ref(&r.command)));
-        for part in [fast, durable] {
+        let last = if durable.is_empty() { 0 } else { 1 };
+        for (i, part) in [fast, durable].into_iter().enumerate() {
             if !part.is_empty() {
-                self.commit_part(part);
+                self.commit_part(part, i == last);
             }
         }
     }
 
-    fn commit_part(&mut self, group: Vec<Request>) {
+    /// Commits one part and hands its answers to the sync thread, which sends them once the log
+    /// is on disk (for parts that need it) and after every earlier part's.
+    fn commit_part(&mut self, group: Vec<Request>, last: bool) {
         let (commands, replies): (Vec<Command>, Vec<_>) = group.into_iter().map(|r| (r.command, r.reply)).unzip();
-        match self.run_group(&commands) {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // A caller that stopped waiting does not undo the write.
-                    let _ = reply.send(result);
-                }
-            }
+        let sync = Self::needs_sync(&commands);
+        let mut wakeups = Vec::new();
+        let results: Vec<Result<Reply, StoreError>> = match self.run_group(&commands, &mut wakeups) {
+            Ok(results) => results,
             Err(_) if commands.len() > 1 => {
                 // Something failed and undid the whole group: run each command on its own, so
                 // that one failing write does not refuse the others.
-                for (command, reply) in commands.iter().zip(replies) {
-                    let result = self
-                        .run_group(std::slice::from_ref(command))
-                        .and_then(|mut r| r.pop().unwrap_or_else(|| Err(stopped())));
-                    let _ = reply.send(result);
-                }
+                commands
+                    .iter()
+                    .map(|command| {
+                        self.run_group(std::slice::from_ref(command), &mut wakeups)
+                            .and_then(|mut r| r.pop().unwrap_or_else(|| Err(stopped())))
+                    })
+                    .collect()
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(copy_error(&e)));
-                }
+            Err(e) => commands.iter().map(|_| Err(copy_error(&e))).collect(),
+        };
+        let done = Done {
+            answers: replies.into_iter().zip(results).collect(),
+            wakeups,
+            sync,
+        };
+        if last {
+            // Nothing more of this group is coming: the sync thread must not wait for it.
+            self.busy.store(false, Ordering::SeqCst);
+        }
+        if let Err(mpsc::SendError(done)) = self.done.send(done) {
+            // The sync thread is gone (it panicked): nothing can be confirmed durable.
+            for (reply, _) in done.answers {
+                let _ = reply.send(Err(stopped()));
             }
         }
     }
@@ -264,21 +312,40 @@ impl State {
     ///
     /// No savepoint per command: a failure (a full disk, an I/O error) is rare, and the caller then
     /// runs each command alone; savepoints would copy every page a command touches.
-    fn run_group(&mut self, commands: &[Command]) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
-        self.set_sync(Self::needs_sync(commands))
-            .and_then(|()| self.exec("BEGIN IMMEDIATE"))
-            .map_err(store_error)?;
+    fn run_group(
+        &mut self,
+        commands: &[Command],
+        wakeups: &mut Vec<Wakeup>,
+    ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+        self.exec("BEGIN IMMEDIATE").map_err(store_error)?;
         let mut counts = self.counts;
         let mut fx = Effects::default();
         let mut results = Vec::with_capacity(commands.len());
         let mut failed = None;
-        for command in commands {
-            match self.apply(command, &mut counts, &mut fx) {
-                Ok(r) => results.push(r),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+        let mut rest = commands;
+        while !rest.is_empty() {
+            // Runs of publishes and of outcomes (one per worker, typically) are applied as one:
+            // one statement per table for the whole run instead of one per row.
+            let run = match &rest[0] {
+                Command::Publish { .. } => rest.iter().take_while(|c| matches!(c, Command::Publish { .. })).count(),
+                Command::Complete { .. } => rest
+                    .iter()
+                    .take_while(|c| matches!(c, Command::Complete { .. }))
+                    .count(),
+                _ => 1,
+            };
+            let (now, tail) = rest.split_at(run);
+            rest = tail;
+            let applied = if matches!(now[0], Command::Publish { .. } | Command::Complete { .. }) {
+                self.apply_run(now, &mut counts, &mut fx).map(|r| {
+                    results.extend(r);
+                })
+            } else {
+                self.apply(&now[0], &mut counts, &mut fx).map(|r| results.push(r))
+            };
+            if let Err(e) = applied {
+                failed = Some(e);
+                break;
             }
         }
         let committed = match failed {
@@ -301,14 +368,55 @@ impl State {
             self.shared.set_subscriptions(self.subs.clone());
         }
         // Many publishes of one group are due at the same millisecond: one wakeup says it.
-        let mut sent: Vec<Wakeup> = Vec::with_capacity(fx.wakeups.len().min(16));
         for w in fx.wakeups {
-            if !sent.contains(&w) {
-                self.shared.wake(w);
-                sent.push(w);
+            if !wakeups.contains(&w) {
+                wakeups.push(w);
             }
         }
         Ok(results)
+    }
+
+    /// Applies a run of publishes or of completions as one, and splits the answers per command.
+    fn apply_run(
+        &mut self,
+        run: &[Command],
+        counts: &mut Counts,
+        fx: &mut Effects,
+    ) -> rusqlite::Result<Vec<Result<Reply, StoreError>>> {
+        let mut lens = Vec::with_capacity(run.len());
+        let mut latest = Timestamp::EPOCH;
+        match &run[0] {
+            Command::Publish { .. } => {
+                let mut all: Vec<&Event> = Vec::new();
+                for c in run {
+                    if let Command::Publish { events, now } = c {
+                        all.extend(events.iter());
+                        lens.push(events.len());
+                        latest = latest.max(*now);
+                    }
+                }
+                let mut out = self.publish(&all, latest, counts, fx)?.into_iter();
+                Ok(lens
+                    .into_iter()
+                    .map(|n| Ok(Reply::Published(out.by_ref().take(n).collect())))
+                    .collect())
+            }
+            _ => {
+                let mut all: Vec<&Outcome> = Vec::new();
+                for c in run {
+                    if let Command::Complete { outcomes, now } = c {
+                        all.extend(outcomes.iter());
+                        lens.push(outcomes.len());
+                        latest = latest.max(*now);
+                    }
+                }
+                let mut out = self.complete(&all, latest, counts, fx)?.into_iter();
+                Ok(lens
+                    .into_iter()
+                    .map(|n| Ok(Reply::Completed(out.by_ref().take(n).collect())))
+                    .collect())
+            }
+        }
     }
 
     /// Applies one command. The outer error is a failed statement (the group is undone); the inner
@@ -325,7 +433,14 @@ impl State {
                 self.declare(spec)?;
                 Reply::Declared
             }
-            Command::Publish { events, now } => Reply::Published(self.publish(events, *now, counts, fx)?),
+            Command::Remove { name, now } => {
+                fx.declared = true;
+                Reply::Removed(self.remove_subscription(name, *now, counts)?)
+            }
+            Command::Publish { events, now } => {
+                let events: Vec<&Event> = events.iter().collect();
+                Reply::Published(self.publish(&events, *now, counts, fx)?)
+            }
             Command::Claim {
                 subscription,
                 max,
@@ -339,7 +454,10 @@ impl State {
                 Reply::Claimed(self.claim(sub, subscription, *max, *now, *lease_until, counts)?)
             }
             Command::Extend { leases, until } => Reply::Extended(self.extend(leases, *until)?),
-            Command::Complete { outcomes, now } => Reply::Completed(self.complete(outcomes, *now, counts, fx)?),
+            Command::Complete { outcomes, now } => {
+                let outcomes: Vec<&Outcome> = outcomes.iter().collect();
+                Reply::Completed(self.complete(&outcomes, *now, counts, fx)?)
+            }
             Command::Cancel { id, to, now } => Reply::Cancelled(self.cancel(*id, *to, *now, counts)?),
             Command::Requeue { id, now } => Reply::Requeued(self.requeue(*id, *now, counts, fx)?),
             Command::Purge { before, max } => Reply::Purged(self.purge(*before, *max, counts)?),
@@ -352,7 +470,7 @@ impl State {
     fn sub_id(&self, name: &SubscriptionName) -> Result<i64, StoreError> {
         self.subs
             .iter()
-            .find(|s| &s.name == name)
+            .find(|s| &s.name == name && !s.removed)
             .map(|s| s.id)
             .ok_or_else(|| StoreError::UnknownSubscription(name.clone()))
     }
@@ -370,19 +488,69 @@ impl State {
             .conn
             .prepare_cached(
                 "INSERT INTO subscriptions (name, pattern) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET pattern = excluded.pattern RETURNING id",
+                 ON CONFLICT (name) DO UPDATE SET pattern = excluded.pattern, removed = 0 RETURNING id",
             )?
             .query_row((spec.name.as_str(), spec.pattern.as_str()), |r| r.get(0))?;
         match self.subs.iter_mut().find(|s| s.id == id) {
-            Some(s) => s.pattern = spec.pattern.clone(),
+            Some(s) => {
+                s.pattern = spec.pattern.clone();
+                s.removed = false;
+            }
             None => self.subs.push(SubscriptionRow {
                 id,
                 name: spec.name.clone(),
                 pattern: spec.pattern.clone(),
+                removed: false,
             }),
         }
         self.routes.clear();
         Ok(())
+    }
+
+    /// Marks the subscription removed (its row stays, so that its deliveries' history keeps its
+    /// name) and cancels its unfinished deliveries, leased ones too: their leases no longer hold,
+    /// so their outcomes are stale. An attempt that was running stays in the history unfinished,
+    /// as it is when its worker never reports. Returns how many deliveries were cancelled.
+    fn remove_subscription(
+        &mut self,
+        name: &SubscriptionName,
+        now: Timestamp,
+        counts: &mut Counts,
+    ) -> rusqlite::Result<u64> {
+        let Some(sub) = self.subs.iter_mut().find(|s| &s.name == name && !s.removed) else {
+            return Ok(0);
+        };
+        sub.removed = true;
+        let id = sub.id;
+        self.routes.clear();
+        self.conn
+            .prepare_cached("UPDATE subscriptions SET removed = 1 WHERE id = ?1")?
+            .execute([id])?;
+        // One statement per status set, so that each walks the partial index that holds it.
+        let mut ended: Vec<(i64, i64)> = Vec::new();
+        for sql in [
+            "UPDATE deliveries SET claimed_from = status, status = 3
+              WHERE sub = ?1 AND status IN (5, 6, 7) RETURNING event, claimed_from",
+            "UPDATE deliveries SET claimed_from = status, status = 3
+              WHERE sub = ?1 AND status = 8 RETURNING event, claimed_from",
+        ] {
+            let rows = self
+                .conn
+                .prepare_cached(sql)?
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+            ended.extend(rows);
+        }
+        for &(_, from) in &ended {
+            counts.shift(from, status::CANCELLED);
+        }
+        let mut events: Vec<i64> = ended.iter().map(|&(e, _)| e).collect();
+        events.sort_unstable();
+        events.dedup();
+        for seq in events {
+            self.refresh_event(seq, now)?;
+        }
+        Ok(ended.len() as u64)
     }
 
     fn route(&mut self, topic: &Topic) -> Arc<[i64]> {
@@ -392,7 +560,7 @@ impl State {
         let matched: Arc<[i64]> = self
             .subs
             .iter()
-            .filter(|s| s.pattern.matches(topic))
+            .filter(|s| !s.removed && s.pattern.matches(topic))
             .map(|s| s.id)
             .collect();
         // Bounded, so that a stream of distinct topics cannot grow it without end.
@@ -408,47 +576,57 @@ impl State {
 
     fn publish(
         &mut self,
-        events: &[Event],
+        events: &[&Event],
         now: Timestamp,
         counts: &mut Counts,
         fx: &mut Effects,
     ) -> rusqlite::Result<Vec<Published>> {
+        let routes: Vec<Arc<[i64]>> = events.iter().map(|e| self.route(e.topic())).collect();
+        // The events, a chunk of rows per statement. A row whose id or key is taken is skipped
+        // (`OR IGNORE`), so only the stored ones come back.
+        let mut stored: HashMap<EventId, i64> = HashMap::with_capacity(events.len());
+        let mut at = 0;
+        for chunk in chunks(events) {
+            let sql = values_sql(
+                "INSERT OR IGNORE INTO events (id, topic, payload, content_type, source, headers, priority,
+                     published_at, deliver_at, expires_at, key, reply_to, status, finished_at) VALUES ",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                chunk.len(),
+                " RETURNING seq, id",
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let mut p = 0;
+            for (event, routes) in chunk.iter().zip(&routes[at..]) {
+                let unrouted = routes.is_empty();
+                let content_type = Some(event.content_type()).filter(|c| *c != herald_core::JSON);
+                stmt.raw_bind_parameter(p + 1, &event.id().as_uuid().as_bytes()[..])?;
+                stmt.raw_bind_parameter(p + 2, event.topic().as_str())?;
+                stmt.raw_bind_parameter(p + 3, &event.payload()[..])?;
+                stmt.raw_bind_parameter(p + 4, content_type)?;
+                stmt.raw_bind_parameter(p + 5, event.source())?;
+                stmt.raw_bind_parameter(p + 6, codec::headers_text(event.headers()))?;
+                stmt.raw_bind_parameter(p + 7, event.priority().get())?;
+                stmt.raw_bind_parameter(p + 8, event.published_at().as_millis())?;
+                stmt.raw_bind_parameter(p + 9, event.deliver_at().as_millis())?;
+                stmt.raw_bind_parameter(p + 10, event.expires_at().map(Timestamp::as_millis))?;
+                stmt.raw_bind_parameter(p + 11, event.key())?;
+                stmt.raw_bind_parameter(p + 12, event.reply_to())?;
+                stmt.raw_bind_parameter(p + 13, if unrouted { status::UNROUTED } else { status::OPEN })?;
+                stmt.raw_bind_parameter(p + 14, unrouted.then_some(now.as_millis()))?;
+                p += 14;
+            }
+            let mut rows = stmt.raw_query();
+            while let Some(r) = rows.next()? {
+                stored.insert(codec::event_id(r, 1)?, r.get(0)?);
+            }
+            at += chunk.len();
+        }
         let mut out = Vec::with_capacity(events.len());
+        let mut deliveries: Vec<NewDelivery> = Vec::with_capacity(events.len());
         let mut earliest: Option<Timestamp> = None;
-        for event in events {
-            let routes = self.route(event.topic());
-            let due = event.deliver_at();
-            let code = if due <= now { status::PENDING } else { status::SCHEDULED };
-            let event_code = if routes.is_empty() {
-                status::UNROUTED
-            } else {
-                status::OPEN
-            };
-            let content_type = Some(event.content_type()).filter(|c| *c != herald_core::JSON);
-            let inserted = self
-                .conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO events (id, topic, payload, content_type, source, headers, priority,
-                         published_at, deliver_at, expires_at, key, reply_to, status, finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                )?
-                .execute(rusqlite::params![
-                    event.id().as_uuid().as_bytes(),
-                    event.topic().as_str(),
-                    &event.payload()[..],
-                    content_type,
-                    event.source(),
-                    codec::headers_text(event.headers()),
-                    event.priority().get(),
-                    event.published_at().as_millis(),
-                    due.as_millis(),
-                    event.expires_at().map(Timestamp::as_millis),
-                    event.key(),
-                    event.reply_to(),
-                    event_code,
-                    routes.is_empty().then_some(now.as_millis()),
-                ])?;
-            if inserted == 0 {
+        for (event, routes) in events.iter().zip(&routes) {
+            // Taken out once counted: the same event twice in a run is stored once.
+            let Some(seq) = stored.remove(&event.id()) else {
                 // The key is held by a live event, or the same event was published before (a
                 // retried publish whose answer was lost): nothing new is stored.
                 let holder = match event.key() {
@@ -463,22 +641,16 @@ impl State {
                     id: holder.unwrap_or(event.id()),
                 });
                 continue;
-            }
-            let seq = self.conn.last_insert_rowid();
-            let mut insert = self.conn.prepare_cached(
-                "INSERT INTO deliveries (id, event, sub, status, priority, due, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
+            };
+            let due = event.deliver_at();
+            let code = if due <= now { status::PENDING } else { status::SCHEDULED };
             for &sub in routes.iter() {
-                insert.execute(rusqlite::params![
-                    DeliveryId::new().as_uuid().as_bytes(),
-                    seq,
+                deliveries.push(NewDelivery {
+                    event: seq,
                     sub,
-                    code,
-                    event.priority().get(),
-                    due.as_millis(),
-                    event.expires_at().map(Timestamp::as_millis),
-                ])?;
+                    status: code,
+                    source: event,
+                });
             }
             counts.events += 1;
             if routes.is_empty() {
@@ -491,6 +663,27 @@ impl State {
                 id: event.id(),
                 deliveries: u32::try_from(routes.len()).unwrap_or(u32::MAX),
             });
+        }
+        for chunk in chunks(&deliveries) {
+            let sql = values_sql(
+                "INSERT INTO deliveries (id, event, sub, status, priority, due, expires_at) VALUES ",
+                "(?, ?, ?, ?, ?, ?, ?)",
+                chunk.len(),
+                "",
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let mut p = 0;
+            for d in chunk {
+                stmt.raw_bind_parameter(p + 1, &DeliveryId::new().as_uuid().as_bytes()[..])?;
+                stmt.raw_bind_parameter(p + 2, d.event)?;
+                stmt.raw_bind_parameter(p + 3, d.sub)?;
+                stmt.raw_bind_parameter(p + 4, d.status)?;
+                stmt.raw_bind_parameter(p + 5, d.source.priority().get())?;
+                stmt.raw_bind_parameter(p + 6, d.source.deliver_at().as_millis())?;
+                stmt.raw_bind_parameter(p + 7, d.source.expires_at().map(Timestamp::as_millis))?;
+                p += 7;
+            }
+            stmt.raw_execute()?;
         }
         fx.wakeups.extend(earliest.map(Wakeup::Due));
         Ok(out)
@@ -557,6 +750,32 @@ impl State {
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The new attempts, and the claimed deliveries' events, one statement each.
+        let ids: Array = Rc::new(
+            rows.iter()
+                .map(|r| Value::Blob(r.0.as_uuid().as_bytes().to_vec()))
+                .collect(),
+        );
+        self.conn
+            .prepare_cached(
+                "INSERT INTO attempts (delivery, number, started_at)
+                 SELECT id, attempts, ?2 FROM deliveries WHERE id IN rarray(?1)",
+            )?
+            .execute((ids, now.as_millis()))?;
+        let seqs: Array = Rc::new(rows.iter().map(|r| Value::Integer(r.1)).collect());
+        let mut events: HashMap<i64, Event> = HashMap::with_capacity(rows.len());
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq IN rarray(?1)"))?;
+            let mut found = stmt.query([seqs])?;
+            while let Some(r) = found.next()? {
+                events.insert(r.get(0)?, event_from_row(r, 0)?);
+            }
+        }
         let mut out = Vec::with_capacity(rows.len());
         let mut order = Vec::with_capacity(rows.len());
         for (delivery, event_seq, from, attempt, token, due, priority) in rows {
@@ -564,13 +783,8 @@ impl State {
             if from == status::ACTIVE {
                 self.close_lost_attempt(delivery, attempt - 1, now)?;
             }
-            self.conn
-                .prepare_cached("INSERT INTO attempts (delivery, number, started_at) VALUES (?1, ?2, ?3)")?
-                .execute((delivery.as_uuid().as_bytes(), attempt, now.as_millis()))?;
-            let event = self
-                .conn
-                .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"))?
-                .query_row([event_seq], |r| event_from_row(r, 0))?;
+            // One delivery per event and subscription: each event is claimed once here.
+            let event = events.remove(&event_seq).ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             order.push((std::cmp::Reverse(priority), due));
             out.push(Claimed::new(
                 Lease { delivery, token },
@@ -641,6 +855,28 @@ impl State {
         Ok(())
     }
 
+    /// [`refresh_event`](Self::refresh_event) for many events, in one statement.
+    fn refresh_events(&self, mut seqs: Vec<i64>, now: Timestamp) -> rusqlite::Result<()> {
+        match seqs.len() {
+            0 => return Ok(()),
+            1 => return self.refresh_event(seqs[0], now),
+            _ => {}
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        let seqs: Array = Rc::new(seqs.into_iter().map(Value::Integer).collect());
+        self.conn
+            .prepare_cached(
+                "UPDATE events SET (status, finished_at) = (
+                    SELECT CASE WHEN COALESCE(MAX(d.status), 0) <= 4 THEN COALESCE(MAX(d.status), 0) ELSE 9 END,
+                           CASE WHEN COALESCE(MAX(d.status), 0) <= 4 THEN COALESCE(events.finished_at, ?2) END
+                      FROM deliveries d WHERE d.event = events.seq)
+                  WHERE seq IN rarray(?1)",
+            )?
+            .execute((seqs, now.as_millis()))?;
+        Ok(())
+    }
+
     fn extend(&mut self, leases: &[Lease], until: Timestamp) -> rusqlite::Result<Vec<bool>> {
         let mut stmt = self
             .conn
@@ -656,81 +892,93 @@ impl State {
 
     fn complete(
         &mut self,
-        outcomes: &[Outcome],
+        outcomes: &[&Outcome],
         now: Timestamp,
         counts: &mut Counts,
         fx: &mut Effects,
     ) -> rusqlite::Result<Vec<Completion>> {
+        // Every leased delivery the outcomes name, in one statement.
+        let ids: Array = Rc::new(
+            outcomes
+                .iter()
+                .map(|o| Value::Blob(o.lease.delivery.as_uuid().as_bytes().to_vec()))
+                .collect(),
+        );
+        let mut leased: HashMap<DeliveryId, Leased> = HashMap::with_capacity(outcomes.len());
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT d.id, d.token, d.event, d.attempts, d.due, e.id, e.reply_to IS NOT NULL
+                   FROM deliveries d JOIN events e ON e.seq = d.event
+                  WHERE d.id IN rarray(?1) AND d.status = 8",
+            )?;
+            let mut rows = stmt.query([ids])?;
+            while let Some(r) = rows.next()? {
+                leased.insert(
+                    codec::delivery_id(r, 0)?,
+                    Leased {
+                        token: r.get::<_, i64>(1)?,
+                        event: r.get(2)?,
+                        attempt: r.get(3)?,
+                        due: codec::ts(r, 4)?,
+                        event_id: codec::event_id(r, 5)?,
+                        is_request: r.get(6)?,
+                    },
+                );
+            }
+        }
         let mut out = Vec::with_capacity(outcomes.len());
+        let mut finished: Vec<Finish<'_>> = Vec::with_capacity(outcomes.len());
+        let mut released: Vec<(DeliveryId, u32)> = Vec::new();
+        let mut ended_events: Vec<i64> = Vec::new();
         for o in outcomes {
-            let id = *o.lease.delivery.as_uuid().as_bytes();
             let token = i64::try_from(o.lease.token).unwrap_or(-1);
-            let found: Option<(i64, u32, Timestamp, EventId, bool)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT d.event, d.attempts, d.due, e.id, e.reply_to IS NOT NULL
-                       FROM deliveries d JOIN events e ON e.seq = d.event
-                      WHERE d.id = ?1 AND d.status = 8 AND d.token = ?2",
-                )?
-                .query_row((&id[..], token), |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        codec::ts(r, 2)?,
-                        codec::event_id(r, 3)?,
-                        r.get(4)?,
-                    ))
-                })
-                .optional()?;
-            let Some((event, attempt, due, event_id, is_request)) = found else {
+            // Taken out once applied: a second outcome for the same lease is stale.
+            if leased.get(&o.lease.delivery).is_none_or(|l| l.token != token) {
+                out.push(Completion::Stale);
+                continue;
+            }
+            let Some(l) = leased.remove(&o.lease.delivery) else {
                 out.push(Completion::Stale);
                 continue;
             };
-            let finish = |conn: &Connection, code: i64, error: Option<&str>| -> rusqlite::Result<()> {
-                conn.prepare_cached(
-                    "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5 WHERE delivery = ?1 AND number = ?2",
-                )?
-                .execute(rusqlite::params![&id[..], attempt, o.finished_at.as_millis(), code, error])?;
-                Ok(())
+            let mut f = Finish {
+                id: o.lease.delivery,
+                attempt: l.attempt,
+                finished_at: o.finished_at,
+                outcome: outcome::SUCCEEDED,
+                error: None,
+                to: status::SUCCEEDED,
+                due: None,
+                reply: None,
             };
-            let to = match &o.verdict {
+            match &o.verdict {
                 Verdict::Succeeded { reply } => {
-                    finish(&self.conn, outcome::SUCCEEDED, None)?;
-                    self.conn
-                        .prepare_cached("UPDATE deliveries SET status = 1, reply = ?2 WHERE id = ?1")?
-                        .execute((&id[..], reply.as_deref()))?;
-                    if is_request {
-                        fx.wakeups.push(Wakeup::Answered(event_id));
+                    f.reply = reply.as_deref();
+                    if l.is_request {
+                        fx.wakeups.push(Wakeup::Answered(l.event_id));
                     }
-                    status::SUCCEEDED
                 }
                 Verdict::Retry { at, error } => {
-                    finish(&self.conn, outcome::FAILED, Some(error))?;
-                    self.conn
-                        .prepare_cached("UPDATE deliveries SET status = 7, due = ?2, last_error = ?3 WHERE id = ?1")?
-                        .execute((&id[..], at.as_millis(), error))?;
+                    f.outcome = outcome::FAILED;
+                    f.error = Some(error);
+                    f.to = status::RETRYING;
+                    f.due = Some(*at);
                     fx.wakeups.push(Wakeup::Due(*at));
-                    status::RETRYING
                 }
                 Verdict::Dead { reason } => {
-                    finish(&self.conn, outcome::DEAD, Some(reason))?;
-                    self.conn
-                        .prepare_cached("UPDATE deliveries SET status = 4, last_error = ?2 WHERE id = ?1")?
-                        .execute((&id[..], reason))?;
-                    if is_request {
-                        fx.wakeups.push(Wakeup::Answered(event_id));
+                    f.outcome = outcome::DEAD;
+                    f.error = Some(reason);
+                    f.to = status::DEAD;
+                    if l.is_request {
+                        fx.wakeups.push(Wakeup::Answered(l.event_id));
                     }
-                    status::DEAD
                 }
                 Verdict::Released => {
-                    self.conn
-                        .prepare_cached("DELETE FROM attempts WHERE delivery = ?1 AND number = ?2")?
-                        .execute((&id[..], attempt))?;
-                    self.conn
-                        .prepare_cached("UPDATE deliveries SET status = 6, attempts = attempts - 1 WHERE id = ?1")?
-                        .execute([&id[..]])?;
-                    fx.wakeups.push(Wakeup::Due(due));
-                    status::PENDING
+                    released.push((o.lease.delivery, l.attempt));
+                    fx.wakeups.push(Wakeup::Due(l.due));
+                    counts.shift(status::ACTIVE, status::PENDING);
+                    out.push(Completion::Applied);
+                    continue;
                 }
                 // A verdict added to herald-core: leave the delivery leased; the lease runs out
                 // and it is attempted again.
@@ -738,14 +986,76 @@ impl State {
                     out.push(Completion::Stale);
                     continue;
                 }
-            };
-            counts.shift(status::ACTIVE, to);
-            if to <= status::DEAD {
-                self.refresh_event(event, now)?;
             }
+            counts.shift(status::ACTIVE, f.to);
+            if f.to <= status::DEAD {
+                ended_events.push(l.event);
+            }
+            finished.push(f);
             out.push(Completion::Applied);
         }
+        for chunk in chunks(&finished) {
+            self.finish_attempts(chunk)?;
+            self.finish_deliveries(chunk)?;
+        }
+        for (id, attempt) in released {
+            let id = *id.as_uuid().as_bytes();
+            self.conn
+                .prepare_cached("DELETE FROM attempts WHERE delivery = ?1 AND number = ?2")?
+                .execute((&id[..], attempt))?;
+            self.conn
+                .prepare_cached("UPDATE deliveries SET status = 6, attempts = attempts - 1 WHERE id = ?1")?
+                .execute([&id[..]])?;
+        }
+        self.refresh_events(ended_events, now)?;
         Ok(out)
+    }
+
+    /// Records how the attempts of `chunk` ended, in one statement.
+    fn finish_attempts(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
+        let sql = values_sql(
+            "WITH o(id, n, f, code, err) AS (VALUES ",
+            "(?, ?, ?, ?, ?)",
+            chunk.len(),
+            ") UPDATE attempts SET finished_at = o.f, outcome = o.code, error = o.err
+               FROM o WHERE attempts.delivery = o.id AND attempts.number = o.n",
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut i = 0;
+        for f in chunk {
+            stmt.raw_bind_parameter(i + 1, &f.id.as_uuid().as_bytes()[..])?;
+            stmt.raw_bind_parameter(i + 2, f.attempt)?;
+            stmt.raw_bind_parameter(i + 3, f.finished_at.as_millis())?;
+            stmt.raw_bind_parameter(i + 4, f.outcome)?;
+            stmt.raw_bind_parameter(i + 5, f.error)?;
+            i += 5;
+        }
+        stmt.raw_execute()?;
+        Ok(())
+    }
+
+    /// Moves the deliveries of `chunk` to their new status, in one statement.
+    fn finish_deliveries(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
+        let sql = values_sql(
+            "WITH o(id, st, due, err, reply) AS (VALUES ",
+            "(?, ?, ?, ?, ?)",
+            chunk.len(),
+            ") UPDATE deliveries SET status = o.st, due = COALESCE(o.due, deliveries.due),
+                 last_error = COALESCE(o.err, deliveries.last_error), reply = COALESCE(o.reply, deliveries.reply)
+               FROM o WHERE deliveries.id = o.id",
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut i = 0;
+        for f in chunk {
+            stmt.raw_bind_parameter(i + 1, &f.id.as_uuid().as_bytes()[..])?;
+            stmt.raw_bind_parameter(i + 2, f.to)?;
+            stmt.raw_bind_parameter(i + 3, f.due.map(Timestamp::as_millis))?;
+            stmt.raw_bind_parameter(i + 4, f.error)?;
+            stmt.raw_bind_parameter(i + 5, f.reply)?;
+            i += 5;
+        }
+        stmt.raw_execute()?;
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -841,6 +1151,146 @@ impl State {
         }
         Ok(doomed.len() as u64)
     }
+}
+
+/// A delivery a publish stores.
+struct NewDelivery<'a> {
+    event: i64,
+    sub: i64,
+    status: i64,
+    source: &'a Event,
+}
+
+/// A committed part: its answers, and the wakeups to send with them.
+struct Done {
+    answers: Vec<(ReplyTo, Result<Reply, StoreError>)>,
+    wakeups: Vec<Wakeup>,
+    /// Whether the part must be on disk before it is answered (anything but claims and lease
+    /// extensions).
+    sync: bool,
+}
+
+/// The sync thread: takes every part committed since its last sync, syncs the log once for all
+/// of them if any needs it, then sends their wakeups and answers them, in commit order.
+///
+/// The writer commits with `synchronous = NORMAL` (SQLite then syncs only at checkpoints) and
+/// this thread syncs the log file itself: the same guarantee as `FULL` for everything answered
+/// (nothing is answered, nor woken for, before the log holding it is on disk, and a commit cannot
+/// survive without the commits before it), while the writer goes on with the next group during
+/// the sync instead of waiting for it.
+fn sync_loop(rx: Receiver<Done>, wal: PathBuf, shared: Arc<Shared>, busy: &AtomicBool) {
+    let mut log: Option<File> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        // The writer is committing another group (the rest of a wave of outcomes, say): one sync
+        // covers both, for the price of that group's commit, which is much less than a sync.
+        if busy.load(Ordering::SeqCst) && batch.iter().any(|d| d.sync) {
+            if let Ok(more) = rx.recv_timeout(SYNC_WAIT) {
+                batch.push(more);
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+            }
+        }
+        let synced = if batch.iter().any(|d| d.sync) {
+            sync_log(&mut log, &wal)
+        } else {
+            Ok(())
+        };
+        for done in batch {
+            match (&synced, done.sync) {
+                (Err(e), true) => {
+                    for (reply, _) in done.answers {
+                        let _ = reply.send(Err(StoreError::Unavailable {
+                            message: format!(
+                                "the SQLite store could not sync its log '{}' to disk: {e}",
+                                wal.display()
+                            ),
+                            source: None,
+                        }));
+                    }
+                }
+                _ => {
+                    // Wakeups first: a caller that looks for them once answered finds them.
+                    for w in done.wakeups {
+                        shared.wake(w);
+                    }
+                    for (reply, result) in done.answers {
+                        // A caller that stopped waiting does not undo the write.
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Syncs the write-ahead log (opened on first use: SQLite creates it with the first write and
+/// keeps it, the same file, while the writer's connection is open).
+fn sync_log(log: &mut Option<File>, wal: &PathBuf) -> std::io::Result<()> {
+    let file = match log {
+        Some(f) => f,
+        None => match File::open(wal) {
+            Ok(f) => log.insert(f),
+            // No log yet: nothing has been written since the file was opened.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        },
+    };
+    file.sync_data()
+}
+
+/// A leased delivery an outcome names, as the file holds it.
+struct Leased {
+    token: i64,
+    event: i64,
+    attempt: u32,
+    due: Timestamp,
+    event_id: EventId,
+    is_request: bool,
+}
+
+/// How one attempt ended and where its delivery goes.
+struct Finish<'a> {
+    id: DeliveryId,
+    attempt: u32,
+    finished_at: Timestamp,
+    outcome: i64,
+    error: Option<&'a str>,
+    to: i64,
+    due: Option<Timestamp>,
+    reply: Option<&'a [u8]>,
+}
+
+/// The row counts multi-row statements are prepared for: a run of rows goes in chunks of these
+/// sizes, largest first, so that a few prepared shapes serve every length.
+const CHUNKS: [usize; 3] = [32, 8, 1];
+
+/// Splits `rows` into chunks of the sizes in [`CHUNKS`].
+fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = CHUNKS.iter().copied().find(|&c| c <= rows.len())?;
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
+/// `head`, then `row` `n` times separated by commas, then `tail`.
+fn values_sql(head: &str, row: &str, n: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + (row.len() + 1) * n + tail.len());
+    sql.push_str(head);
+    for i in 0..n {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(row);
+    }
+    sql.push_str(tail);
+    sql
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ fn a_file_from_a_newer_herald_is_refused() {
             err,
             OpenError::NewerSchema {
                 found: 99,
-                known: 1,
+                known: 2,
                 ..
             }
         ),
@@ -107,7 +107,7 @@ fn a_file_from_a_newer_herald_is_refused() {
     );
     assert!(
         err.to_string()
-            .contains("was written by a newer herald (schema v99, this build knows v1): upgrade herald"),
+            .contains("was written by a newer herald (schema v99, this build knows v2): upgrade herald"),
         "{err}"
     );
     assert!(matches!(StoreError::from(err), StoreError::Corrupt(_)));
@@ -155,4 +155,81 @@ fn a_temporary_store_is_removed_when_dropped() {
     assert!(dir.exists());
     drop(store);
     assert!(!dir.exists());
+}
+
+#[test]
+fn a_removed_subscription_stays_removed_after_a_reopen_and_keeps_its_history() {
+    let dir = Dir::new("removed");
+    let path = dir.file("herald.db");
+    let sub = SubscriptionName::new("gone").unwrap();
+    let spec = SubscriptionSpec {
+        name: sub.clone(),
+        pattern: Pattern::new("job.*").unwrap(),
+    };
+    let event = |store: &SqliteStore| {
+        let mut e = EventParts::new(Topic::new("job.run").unwrap(), "{}");
+        e.published_at = store.clock().now();
+        e.deliver_at = e.published_at;
+        Event::from_parts(e)
+    };
+    let id = rt().block_on(async {
+        let store = SqliteStore::open(&path).unwrap();
+        store.declare(&spec).await.unwrap();
+        let e = event(&store);
+        store.publish(vec![e.clone()]).await.unwrap();
+        assert_eq!(store.remove_subscription(&sub).await.unwrap(), 1);
+        e.id()
+    });
+    rt().block_on(async {
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(matches!(
+            store.claim(&sub, 1, Duration::from_secs(30)).await,
+            Err(StoreError::UnknownSubscription(_))
+        ));
+        let rec = store.get(id).await.unwrap().unwrap();
+        assert_eq!(rec.deliveries.len(), 1);
+        assert_eq!(rec.deliveries[0].subscription, sub, "the history keeps the name");
+        assert_eq!(rec.deliveries[0].status, herald_core::DeliveryStatus::Cancelled);
+        assert_eq!(store.backlog(), Some(0));
+        let e = event(&store);
+        let out = store.publish(vec![e]).await.unwrap();
+        assert!(
+            matches!(out[0], herald_core::Published::Stored { deliveries: 0, .. }),
+            "a removed subscription routes nothing: {out:?}"
+        );
+        store.declare(&spec).await.unwrap();
+        let e = event(&store);
+        store.publish(vec![e.clone()]).await.unwrap();
+        let claimed = store.claim(&sub, 10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 1, "declared again, it routes and is claimed from");
+        assert_eq!(claimed[0].event.id(), e.id());
+    });
+}
+
+#[test]
+fn a_file_of_schema_v1_is_migrated() {
+    let dir = Dir::new("v1");
+    let path = dir.file("herald.db");
+    drop(SqliteStore::open(&path).unwrap());
+    // Back to what v1 wrote: no `removed` column, version 1.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE subscriptions DROP COLUMN removed; PRAGMA user_version = 1;
+         INSERT INTO subscriptions (name, pattern) VALUES ('work', 'job.*');",
+    )
+    .unwrap();
+    drop(conn);
+    rt().block_on(async {
+        let store = SqliteStore::open(&path).unwrap();
+        let sub = SubscriptionName::new("work").unwrap();
+        let mut e = EventParts::new(Topic::new("job.run").unwrap(), "{}");
+        e.published_at = store.clock().now();
+        e.deliver_at = e.published_at;
+        store.publish(vec![Event::from_parts(e)]).await.unwrap();
+        assert_eq!(store.claim(&sub, 10, Duration::from_secs(30)).await.unwrap().len(), 1);
+        assert_eq!(store.remove_subscription(&sub).await.unwrap(), 1);
+    });
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, 2);
 }
