@@ -41,6 +41,7 @@
 //! herald retry DELIVERY_ID
 //! herald subs [list | pause NAME | resume NAME | delete NAME]
 //! herald stats
+//! herald bench [--duration 10s] [--connections 64] [--server URL]  # HTTP publish load generator
 //! ```
 //!
 //! Every one takes `--server URL` (default `http://127.0.0.1:7420`, or `HERALD_SERVER`), `--token T`

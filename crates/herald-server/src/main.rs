@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Runs the server until SIGTERM or Ctrl-C, then drains.
     Serve(ServeArgs),
+    /// Measures HTTP publish throughput and latency (in-process targets, or --server URL).
+    Bench(cli::bench::BenchArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Bench(args) => ExitCode::from(runtime.block_on(cli::bench::run(args))),
         Command::Client(command) => ExitCode::from(runtime.block_on(cli::run(command))),
     }
 }

@@ -1,6 +1,7 @@
 //! The client subcommands of `herald`: publish, schedule, cancel, request, events, event, retry,
 //! subs and stats, as clients of the HTTP API. Human tables by default, the API's JSON with `--json`.
 
+pub(crate) mod bench;
 mod client;
 mod output;
 
