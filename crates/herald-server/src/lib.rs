@@ -59,6 +59,6 @@ mod store;
 mod telemetry;
 
 pub use config::{Config, ConfigError, ConfigLayer, StoreKind};
-pub use server::{serve, shutdown_signal, ServeError, Server};
+pub use server::{serve, shutdown_signal, ServeError, Server, ShutdownSignal};
 pub use store::open_store;
 pub use telemetry::install_recorder;

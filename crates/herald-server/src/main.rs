@@ -135,6 +135,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         StoreKind::Sqlite => format!("sqlite in {}", config.data.display()),
         other => other.as_str().to_owned(),
     };
+    // Listen for signals before saying we listen: a SIGTERM right after that line must drain.
+    let mut signals = herald_server::ShutdownSignal::install();
     let server = match herald_server::Server::start(listener, config).await {
         Ok(s) => s,
         Err(e) => {
@@ -144,10 +146,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     // One line on stdout that scripts (and the tests) wait for.
     println!("herald listening on http://{} (store: {store})", server.local_addr());
-    herald_server::shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("herald: shutting down (a second signal stops at once)");
-    tokio::spawn(async {
-        herald_server::shutdown_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         eprintln!("herald: stopped without draining");
         std::process::exit(130);
     });
