@@ -227,6 +227,7 @@ impl HeraldBuilder {
         // The pool is `workers` long-lived tasks fed by one queue: a task per attempt cost a third
         // of a no-op handler's time. Permits taken before claiming bound the queue to the pool.
         let (work_tx, work_rx) = async_channel::unbounded();
+        let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             wakeups: Mutex::new(Some(store.wakeups())),
             store,
@@ -250,6 +251,7 @@ impl HeraldBuilder {
             stopped: CancellationToken::new(),
             in_flight: worker::InFlight::default(),
             work: work_tx,
+            outcomes: outcomes_tx,
             background: TaskTracker::new(),
             shutdown: OnceCell::new(),
             metrics: Metrics::new(),
@@ -258,6 +260,7 @@ impl HeraldBuilder {
             inner.background.spawn(worker::work(inner.clone(), work_rx.clone()));
         }
         drop(work_rx);
+        inner.background.spawn(worker::complete(inner.clone(), outcomes_rx));
         inner.background.spawn(timer::run(inner.clone()));
         inner.background.spawn(maintain(inner.clone()));
         let herald = Herald { inner };
@@ -302,6 +305,8 @@ pub(crate) struct Inner {
     pub(crate) in_flight: worker::InFlight,
     /// Claimed deliveries on their way to the worker pool.
     pub(crate) work: async_channel::Sender<worker::Job>,
+    /// Outcomes on their way to the completer.
+    pub(crate) outcomes: tokio::sync::mpsc::UnboundedSender<worker::Finished>,
     background: TaskTracker,
     shutdown: OnceCell<ShutdownReport>,
     pub(crate) metrics: Metrics,

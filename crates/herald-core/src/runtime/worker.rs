@@ -83,8 +83,8 @@ impl InFlight {
 /// One worker of the pool: runs the attempts it is handed, one at a time, until the queue closes.
 pub(crate) async fn work(inner: Arc<Inner>, jobs: async_channel::Receiver<Job>) {
     while let Ok(job) = jobs.recv().await {
+        // The job is finished (`in_flight`) by the completer once its outcome is recorded.
         run(&inner, job.sub, job.claimed, job.permit).await;
-        inner.in_flight.finish();
     }
 }
 
@@ -139,35 +139,74 @@ async fn attempt(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permi
     }
     let Some(verdict) = verdict else {
         // The lease went to another claim: that claim owns the outcome.
+        inner.in_flight.finish();
         return;
     };
     let outcome = Outcome {
         lease: claimed.lease,
         finished_at,
-        verdict: verdict.clone(),
+        verdict,
     };
-    match inner.store.complete(vec![outcome]).await {
-        Ok(c) if c.first() == Some(&Completion::Applied) => {}
-        Ok(_) => {
-            tracing::debug!("herald: outcome refused: the lease was lost to another claim");
-            return;
-        }
-        Err(e) => {
-            // The lease runs out and the delivery is attempted again: at-least-once.
-            tracing::error!(error = %e, "herald: could not record the outcome; the delivery will run again after its lease");
-            return;
-        }
+    // The completer records it (batched with its neighbours) and finishes the job; this worker
+    // goes on to the next delivery without waiting for the store.
+    if let Err(lost) = inner.outcomes.send(Finished { claimed, outcome }) {
+        // Only once the runtime has stopped: the lease runs out and the delivery comes back.
+        drop(lost);
+        inner.in_flight.finish();
     }
-    inner.made_room();
+}
+
+/// An attempt's outcome on its way to the completer.
+pub(crate) struct Finished {
+    pub(crate) claimed: Claimed,
+    pub(crate) outcome: Outcome,
+}
+
+/// The completer: records outcomes in batches (one store call for all that finished meanwhile:
+/// one transaction, one fsync in a durable store), then answers requests, announces deaths and
+/// wakes publishers waiting for room.
+pub(crate) async fn complete(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => n,
+            _ = inner.stopped.cancelled() => 0,
+        };
+        if n == 0 {
+            return;
+        }
+        let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
+        let results = match inner.store.complete(outcomes).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The leases run out and the deliveries are attempted again: at-least-once.
+                tracing::error!(error = %e, count = n, "herald: could not record outcomes; the deliveries will run again after their leases");
+                Vec::new()
+            }
+        };
+        for (i, done) in batch.drain(..).enumerate() {
+            match results.get(i) {
+                Some(Completion::Applied) => after_recorded(&inner, done).await,
+                Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
+                None => {}
+            }
+            inner.in_flight.finish();
+        }
+        inner.made_room();
+    }
+}
+
+async fn after_recorded(inner: &Inner, done: Finished) {
+    let Finished { claimed, outcome } = done;
     let event = &claimed.event;
     if event.reply_to().is_some() {
-        match &verdict {
+        match &outcome.verdict {
             Verdict::Succeeded { reply } => inner.answer(event.id(), Answer::Reply(reply.clone().unwrap_or_default())),
             Verdict::Dead { reason } => inner.answer(event.id(), Answer::Failed(reason.clone())),
             _ => {}
         }
     }
-    if let Verdict::Dead { reason } = verdict {
+    if let Verdict::Dead { reason } = outcome.verdict {
         // Deaths of herald's own events are not announced, so a failing dead-letter handler
         // cannot feed itself.
         if inner.system_events && !event.topic().as_str().starts_with("herald.") {
@@ -179,7 +218,7 @@ async fn attempt(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permi
                 attempts: claimed.attempt,
                 reason,
             };
-            // Boxed: the publish future is large and rare, and would otherwise swell every worker.
+            // Boxed: the publish future is large and rare.
             let publish = Box::pin(inner.publish_one(Message::json(DEAD_LETTER_TOPIC, &notice), Room::Ignore));
             if let Err(e) = publish.await {
                 tracing::warn!(error = %e, "herald: could not publish the dead-letter notice");
