@@ -278,7 +278,6 @@ pub(crate) fn query(
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut items = Vec::with_capacity(limit.min(64));
-    let mut more = false;
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         let event = event_from_row(r, 0)?;
@@ -289,18 +288,12 @@ pub(crate) fn query(
         if check_status.is_some_and(|s| record.status != s) {
             continue;
         }
-        if items.len() == limit {
-            more = true;
+        items.push(record);
+        if items.len() > limit {
             break;
         }
-        items.push(record);
     }
-    let next = if more {
-        items.last().map(|r: &EventRecord| r.event.id())
-    } else {
-        None
-    };
-    Ok(Page::new(items, next))
+    Ok(Page::from_lookahead(items, limit))
 }
 
 /// The earliest due time or lease end of the subscriptions `subs` strictly after `after`.

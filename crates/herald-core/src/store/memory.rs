@@ -1016,7 +1016,6 @@ impl Store for MemoryStore {
             (None, Some(after)) => Box::new(st.by_id.range(..after).rev()),
             (None, None) => Box::new(st.by_id.iter().rev()),
         };
-        let mut more = false;
         for (_, &slot) in candidates {
             let Some(rec) = st.slots[slot as usize].rec.as_ref() else {
                 continue;
@@ -1030,18 +1029,12 @@ impl Store for MemoryStore {
             if !filter.matches(&record) {
                 continue;
             }
-            if items.len() == limit {
-                more = true;
+            items.push(record);
+            if items.len() > limit {
                 break;
             }
-            items.push(record);
         }
-        let next = if more {
-            items.last().map(|r: &EventRecord| r.event.id())
-        } else {
-            None
-        };
-        Ok(Page::new(items, next))
+        Ok(Page::from_lookahead(items, limit))
     }
 
     async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {

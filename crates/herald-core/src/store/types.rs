@@ -569,6 +569,17 @@ impl<T> Page<T> {
     }
 }
 
+impl Page<EventRecord> {
+    /// A page from up to `limit + 1` records read in page order: the one past `limit` is not
+    /// returned, it only tells that there is a next page (whose cursor is the last id kept).
+    pub fn from_lookahead(mut items: Vec<EventRecord>, limit: usize) -> Self {
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = if more { items.last().map(|r| r.event.id()) } else { None };
+        Page { items, next }
+    }
+}
+
 /// Counts by status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
