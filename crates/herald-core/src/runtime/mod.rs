@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify, OnceCell, Semaphore};
 use tokio::time::Instant;
@@ -119,6 +120,7 @@ pub struct ShutdownReport {
 pub struct HeraldBuilder {
     store: Option<Arc<dyn Store>>,
     store_error: Option<StoreError>,
+    connect: Option<BoxFuture<'static, Result<Arc<dyn Store>, StoreError>>>,
     workers: usize,
     max_pending: Option<u64>,
     lease: Duration,
@@ -141,6 +143,7 @@ impl fmt::Debug for HeraldBuilder {
 impl HeraldBuilder {
     /// The store (default: a new [`MemoryStore`]).
     pub fn store(mut self, store: impl Store) -> Self {
+        self.connect = None;
         self.store = Some(Arc::new(store));
         self
     }
@@ -152,6 +155,30 @@ impl HeraldBuilder {
             Ok(s) => self.store = Some(Arc::new(s)),
             Err(e) => self.store_error = Some(e),
         }
+        self
+    }
+
+    /// A store reached over the network: `build()` awaits `connecting` and reports its error.
+    /// Store crates use it for their builder methods (`.redis(url)`, `.postgres(url)`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+    /// use herald_core::{Herald, MemoryStore, StoreError};
+    ///
+    /// async fn connect() -> Result<MemoryStore, StoreError> {
+    ///     Ok(MemoryStore::new())
+    /// }
+    ///
+    /// let herald = Herald::builder().connect(connect()).build().await?;
+    /// # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+    /// ```
+    pub fn connect<S, F>(mut self, connecting: F) -> Self
+    where
+        S: Store,
+        F: std::future::Future<Output = Result<S, StoreError>> + Send + 'static,
+    {
+        self.store = None;
+        self.connect = Some(Box::pin(async move { connecting.await.map(|s| Arc::new(s) as Arc<dyn Store>) }));
         self
     }
 
@@ -219,7 +246,11 @@ impl HeraldBuilder {
         if self.lease < Duration::from_millis(10) {
             return Err(Error::Config("the lease must be at least 10 ms"));
         }
-        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let store = match (self.store, self.connect) {
+            (Some(store), _) => store,
+            (None, Some(connecting)) => connecting.await?,
+            (None, None) => Arc::new(MemoryStore::new()),
+        };
         let clock = store.clock();
         let node = self
             .node
@@ -436,6 +467,7 @@ impl Herald {
         HeraldBuilder {
             store: None,
             store_error: None,
+            connect: None,
             workers: 64,
             max_pending: Some(100_000),
             lease: Duration::from_secs(30),

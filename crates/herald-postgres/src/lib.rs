@@ -1,0 +1,1 @@
+//! The PostgreSQL store for herald: several nodes sharing one database.

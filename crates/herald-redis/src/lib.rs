@@ -1,0 +1,1 @@
+//! The Redis (and Valkey) store for herald: several nodes sharing one Redis.
