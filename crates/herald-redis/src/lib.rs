@@ -1,1 +1,753 @@
 //! The Redis (and Valkey) store for herald: several nodes sharing one Redis.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use herald_core::Herald;
+//! use herald_redis::RedisBuilderExt;
+//!
+//! // Every process that builds its herald this way (same URL, same prefix) is one system.
+//! let herald = Herald::builder().redis("redis://127.0.0.1:6379").build().await?;
+//! herald.subscribe("mail", "user.signed_up").handle(|n: u64| async move {
+//!     println!("welcome {n}");
+//!     Ok::<_, herald_core::HandlerError>(())
+//! }).await?;
+//! herald.publish("user.signed_up", &7).delay(std::time::Duration::from_secs(60)).await?;
+//! # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! Every change (publish with its idempotency key, claim, extend, complete, cancel, requeue,
+//! declare, remove, purge) is one Lua script, so it is atomic however many nodes share the Redis.
+//! Scripts are sent by hash (`EVALSHA`) and loaded again when Redis answers `NOSCRIPT` (after a
+//! restart). The connection is a [`redis::aio::ConnectionManager`]: when it drops, calls fail with
+//! [`StoreError::Unavailable`] (a publish never loses an event silently: it returns the error)
+//! while the manager reconnects in the background; the runtime's workers retry on their own.
+//!
+//! ## Time: the server's clock, counted locally
+//!
+//! Due times and leases are judged by the Redis server's clock for every node. At connect the store
+//! reads the server's `TIME` once and pins it to a tokio instant ([`Clock::starting_at`]); from
+//! then on it counts with tokio's monotonic clock, and passes `now` to every script as an argument
+//! (scripts never call `TIME`). A node whose system clock is off by seconds therefore still agrees
+//! with the others to the millisecond (give or take the round trip of the `TIME` read), neither
+//! firing a delay early nor stealing a live lease. A monotonic clock drifts by a few parts per
+//! million, so milliseconds over hours: reconnecting (a new store) re-reads `TIME`. Counting with
+//! tokio's clock is also what lets the conformance suite run this store on a paused clock.
+//!
+//! ## Wakeups
+//!
+//! A script that makes a delivery due (publish, retry, release, requeue) publishes the due time on
+//! the channel `{prefix}:wake`; one that answers a request publishes the request's id. Each store
+//! listens on a dedicated pub/sub connection, so a delay published on node A arms node B's timer
+//! for its millisecond without polling. After the listener loses its connection it resubscribes
+//! and reports [`Wakeup::Lagged`], on which the runtime re-asks the store.
+//!
+//! ## Key layout
+//!
+//! Every key of one herald lives under `{prefix}:` (default prefix `herald`), the braces making the
+//! whole prefix a Redis Cluster hash tag:
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `{p}:subs` | hash | subscription name → pattern |
+//! | `{p}:subsver` | string | bumped on every routing change |
+//! | `{p}:e:<event id>` | hash | the event (`top`, `pay`, `pr`, `pub`, `dl`, `ex`, `ct`, `src`, `hd`, `key`, `rt`), its deliveries `ds`, `open` count, `fin` time |
+//! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `tok` (lease token), `lu` (lease end), `err`, `rep` |
+//! | `{p}:a:<delivery id>` | list | attempts, `number|started|finished|outcome|error` |
+//! | `{p}:s:<sub>:sched` | zset | scheduled and retrying deliveries by due ms |
+//! | `{p}:s:<sub>:ready` | zset | due deliveries by `(10 - priority) * 2^42 + due ms`: priority first, then due time |
+//! | `{p}:s:<sub>:lease` | zset | leased deliveries by lease end |
+//! | `{p}:events` | zset | every event id (score 0, ordered as text: UUIDv7 ids sort by publication) |
+//! | `{p}:finished` | zset | finished events by the time they finished, for `purge` |
+//! | `{p}:k:<key>` | string | the event holding an idempotency key (until purged) |
+//! | `{p}:counts` | hash | deliveries by status, `events`, `unrouted` |
+//! | `{p}:token` | string | the lease-token counter |
+//!
+//! Ids are UUIDs as 32 hex digits. Nothing expires by itself: finished events stay until
+//! [`purge`](herald_core::Store::purge) (the runtime's retention calls it).
+//!
+//! ## Redis Cluster
+//!
+//! A Lua script may only touch keys of one slot, and a publish fans out to several subscriptions.
+//! This store chooses atomicity over sharding: one hash tag for the whole namespace, so every
+//! script stays atomic and the store works on Cluster, but one herald's keys live in one slot, on
+//! one primary. To spread load over a cluster, run several heralds under different prefixes (each
+//! its own slot). The alternative, a tag per subscription with a non-atomic fan-out and a repair
+//! path, would trade exactly-once fan-out for throughput; it is not built. Scripts name their slot
+//! with their one declared key (`{p}:counts`) and build the others from the prefix, all in that
+//! slot. Valkey runs the same scripts.
+//!
+//! ## Limits
+//!
+//! - [`query`](herald_core::Store::query) pages newest first by reading candidate events in id
+//!   order and filtering them in the client; only a `key` filter is a direct lookup. A filter that
+//!   matches few of many events reads many.
+//! - [`backlog`](herald_core::Store::backlog) is `None`: counting other nodes' publishes would
+//!   need a round trip per publish, so `max_pending` backpressure is off on this store.
+//! - Connection and response timeouts are on by default (5 s and 10 s); tests on tokio's paused
+//!   clock turn them off ([`RedisStoreBuilder::timeouts`]), because a paused clock jumps ahead
+//!   while the runtime waits for the network.
+
+mod codec;
+mod ext;
+mod scripts;
+mod wake;
+
+pub use ext::RedisBuilderExt;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use herald_core::store::WakeupHub;
+use herald_core::{
+    CancelAs, Cancelled, Capabilities, Claimed, Clock, Completion, DeliveryId, DeliveryStatus, Event, EventFilter,
+    EventId, EventRecord, Lease, Outcome, Page, PageRequest, Pattern, Published, Requeued, Stats, Store, StoreError,
+    SubscriptionName, SubscriptionSpec, Timestamp, Verdict, Wakeup,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script, ScriptInvocation, Value};
+
+use codec::{array, bytes, corrupt, int, string};
+use scripts::Scripts;
+
+/// Connecting to Redis failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL is not a Redis URL.
+    #[error("'{url}' is not a Redis URL (use redis://host:port/db or rediss://...): {source}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// Why the client refused it.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The prefix cannot be used.
+    #[error("the key prefix '{0}' is not usable: use a non-empty prefix without '{{' or '}}'")]
+    InvalidPrefix(String),
+    /// Redis did not answer.
+    #[error("cannot reach Redis: {source}; check that it runs and that the URL is right")]
+    Unreachable {
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+impl From<ConnectError> for StoreError {
+    fn from(e: ConnectError) -> Self {
+        StoreError::unavailable(e)
+    }
+}
+
+/// Configures a [`RedisStore`].
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_redis::ConnectError> {
+/// use herald_redis::RedisStore;
+/// let store = RedisStore::builder("redis://127.0.0.1:6379").prefix("billing").connect().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    connection_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
+}
+
+impl RedisStoreBuilder {
+    /// The namespace: every key is `{prefix}:...` (default `herald`). Nodes sharing a prefix are
+    /// one system; different prefixes on one Redis are independent.
+    ///
+    /// ```
+    /// let builder = herald_redis::RedisStore::builder("redis://127.0.0.1").prefix("orders");
+    /// ```
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long to wait for a connection and for each answer (default: 5 s and 10 s). `None`
+    /// waits as long as it takes: needed on tokio's paused clock, which jumps ahead while the
+    /// runtime waits for the network.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = herald_redis::RedisStore::builder("redis://127.0.0.1").timeouts(None, None);
+    /// let builder = builder.timeouts(Some(Duration::from_secs(1)), Some(Duration::from_secs(2)));
+    /// ```
+    pub fn timeouts(mut self, connection: Option<Duration>, response: Option<Duration>) -> Self {
+        self.connection_timeout = connection;
+        self.response_timeout = response;
+        self
+    }
+
+    /// Connects, reads the server's clock and subscribes to wakeups.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_redis::ConnectError> {
+    /// let store = herald_redis::RedisStore::builder("redis://127.0.0.1:6379").connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self) -> Result<RedisStore, ConnectError> {
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(ConnectError::InvalidPrefix(self.prefix));
+        }
+        let client = Client::open(self.url.as_str()).map_err(|source| ConnectError::InvalidUrl {
+            url: self.url.clone(),
+            source,
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.connection_timeout)
+            .set_response_timeout(self.response_timeout)
+            .set_max_delay(Duration::from_secs(1));
+        let unreachable = |source| ConnectError::Unreachable { source };
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(unreachable)?;
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unreachable)?;
+        let clock = Clock::starting_at(Timestamp::from_millis(secs * 1000 + micros / 1000));
+        let tag = format!("{{{}}}", self.prefix);
+        let channel = format!("{tag}:wake");
+        let node = format!("{:016x}", fastrand::u64(..));
+        let hub = Arc::new(WakeupHub::new());
+        let first = wake::subscribe(&client, &channel).await.map_err(unreachable)?;
+        let listener = tokio::spawn(wake::listen(client, first, channel, node.clone(), Arc::downgrade(&hub)));
+        Ok(RedisStore {
+            conn,
+            scripts: Scripts::new(),
+            counts_key: format!("{tag}:counts"),
+            tag,
+            node,
+            clock,
+            hub,
+            routes: Mutex::new(None),
+            _listener: wake::AbortOnDrop(listener),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Routes {
+    version: String,
+    subs: Vec<(String, Pattern)>,
+}
+
+/// A herald store in Redis (or Valkey), shared by any number of nodes. See the [crate docs](crate).
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use herald_core::Herald;
+/// use herald_redis::RedisStore;
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let herald = Herald::builder().store(store).build().await?;
+/// # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+/// ```
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Scripts,
+    tag: String,
+    counts_key: String,
+    node: String,
+    clock: Clock,
+    hub: Arc<WakeupHub>,
+    routes: Mutex<Option<Arc<Routes>>>,
+    _listener: wake::AbortOnDrop,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.tag)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many finished events one purge script removes before the next call.
+const PURGE_BATCH: usize = 500;
+
+impl RedisStore {
+    /// Connects with the default prefix (`herald`) and timeouts.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_redis::ConnectError> {
+    /// let store = herald_redis::RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<RedisStore, ConnectError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Configures a store for the Redis at `url` (`redis://[user:password@]host[:port][/db]`).
+    ///
+    /// ```
+    /// let builder = herald_redis::RedisStore::builder("redis://127.0.0.1:6379/0").prefix("herald");
+    /// ```
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "herald".to_owned(),
+            connection_timeout: Some(Duration::from_secs(5)),
+            response_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+
+    /// The hash-tagged namespace every key starts with, such as `{herald}`.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_redis::ConnectError> {
+    /// let store = herald_redis::RedisStore::builder("redis://127.0.0.1").prefix("a").connect().await?;
+    /// assert_eq!(store.namespace(), "{a}");
+    /// # Ok(()) }
+    /// ```
+    pub fn namespace(&self) -> &str {
+        &self.tag
+    }
+
+    /// Deletes every key of this store's namespace (events, deliveries, subscriptions): for tests
+    /// and for taking a herald down for good. Other nodes sharing the prefix lose their data too.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = herald_redis::RedisStore::builder("redis://127.0.0.1").prefix("scratch").connect().await?;
+    /// let deleted = store.destroy().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn destroy(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.tag);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::unavailable)?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(StoreError::unavailable)?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(deleted)
+    }
+
+    /// A script call with the common arguments (namespace, now, node) in place.
+    fn invocation<'a>(&self, script: &'a Script, now: Timestamp) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(&self.counts_key)
+            .arg(&self.tag)
+            .arg(now.as_millis())
+            .arg(&self.node);
+        inv
+    }
+
+    async fn run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let mut conn = self.conn.clone();
+        inv.invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(StoreError::unavailable)
+    }
+
+    fn wake_local(&self, wakes: Value) -> Result<(), StoreError> {
+        let wakes = array(wakes)?.into_iter().map(bytes).collect::<Result<Vec<_>, _>>()?;
+        wake::deliver_local(&self.hub, wakes);
+        Ok(())
+    }
+
+    async fn routes(&self) -> Result<Arc<Routes>, StoreError> {
+        if let Some(r) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(r);
+        }
+        let inv = self.invocation(&self.scripts.routes, self.clock.now());
+        let mut items = array(self.run(&inv).await?)?.into_iter();
+        let version = string(items.next().unwrap_or(Value::Nil))?;
+        let mut subs = Vec::new();
+        while let (Some(name), Some(pattern)) = (items.next(), items.next()) {
+            let pattern = Pattern::new(&string(pattern)?).map_err(corrupt)?;
+            subs.push((string(name)?, pattern));
+        }
+        let routes = Arc::new(Routes { version, subs });
+        *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = Some(routes.clone());
+        Ok(routes)
+    }
+
+    fn forget_routes(&self) {
+        *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    async fn read(&self, ids: &[String], with_attempts: bool) -> Result<Vec<EventRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now();
+        let mut inv = self.invocation(&self.scripts.read, now);
+        inv.arg(if with_attempts { "1" } else { "0" });
+        for id in ids {
+            inv.arg(id);
+        }
+        array(self.run(&inv).await?)?
+            .into_iter()
+            .map(|v| codec::record(v, now))
+            .collect()
+    }
+}
+
+fn verdict_args(v: &Verdict) -> Result<(&'static str, Vec<u8>, Vec<u8>), StoreError> {
+    Ok(match v {
+        Verdict::Succeeded { reply } => match reply {
+            Some(r) => ("S", r.to_vec(), b"1".to_vec()),
+            None => ("S", Vec::new(), b"0".to_vec()),
+        },
+        Verdict::Retry { at, error } => ("R", at.as_millis().to_string().into_bytes(), error.clone().into_bytes()),
+        Verdict::Dead { reason } => ("D", reason.clone().into_bytes(), Vec::new()),
+        Verdict::Released => ("L", Vec::new(), Vec::new()),
+        _ => return Err(StoreError::Unsupported("this verdict")),
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::durable(true)
+    }
+
+    async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError> {
+        let mut inv = self.invocation(&self.scripts.declare, self.clock.now());
+        inv.arg(subscription.name.as_str()).arg(subscription.pattern.as_str());
+        self.run(&inv).await?;
+        self.forget_routes();
+        Ok(())
+    }
+
+    async fn remove_subscription(&self, subscription: &SubscriptionName) -> Result<u64, StoreError> {
+        let mut inv = self.invocation(&self.scripts.remove, self.clock.now());
+        inv.arg(subscription.as_str());
+        let n = int(self.run(&inv).await?)?;
+        self.forget_routes();
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        for _ in 0..16 {
+            let routes = self.routes().await?;
+            let now = self.clock.now();
+            let mut inv = self.invocation(&self.scripts.publish, now);
+            inv.arg(&routes.version).arg(events.len());
+            for e in &events {
+                inv.arg(codec::event_key(e.id()))
+                    .arg(e.key().unwrap_or(""))
+                    .arg(e.deliver_at().as_millis())
+                    .arg(e.priority().get())
+                    .arg(e.expires_at().map(|t| t.as_millis().to_string()).unwrap_or_default())
+                    .arg(if e.reply_to().is_some() { "1" } else { "0" });
+                let fields = codec::event_fields(e);
+                inv.arg(fields.len() * 2);
+                for (k, v) in fields {
+                    inv.arg(k).arg(v);
+                }
+                let matched: Vec<&String> = routes
+                    .subs
+                    .iter()
+                    .filter(|(_, p)| p.matches(e.topic()))
+                    .map(|(n, _)| n)
+                    .collect();
+                inv.arg(matched.len());
+                for name in matched {
+                    inv.arg(name).arg(codec::delivery_key(DeliveryId::new()));
+                }
+            }
+            let mut out = array(self.run(&inv).await?)?.into_iter();
+            match string(out.next().unwrap_or(Value::Nil))?.as_str() {
+                "ROUTES" => {
+                    self.forget_routes();
+                    continue;
+                }
+                "OK" => {}
+                other => return Err(corrupt(format!("publish answered '{other}'"))),
+            }
+            self.wake_local(out.next().unwrap_or(Value::Nil))?;
+            let mut published = Vec::with_capacity(events.len());
+            for e in &events {
+                let (Some(kind), Some(value)) = (out.next(), out.next()) else {
+                    return Err(corrupt("publish answered fewer entries than events"));
+                };
+                published.push(match string(kind)?.as_str() {
+                    "S" => Published::Stored {
+                        id: e.id(),
+                        deliveries: u32::try_from(int(value)?).unwrap_or(0),
+                    },
+                    _ => Published::Duplicate {
+                        id: EventId::from_uuid(codec::parse_uuid(&bytes(value)?)?),
+                    },
+                });
+            }
+            return Ok(published);
+        }
+        Err(StoreError::Unavailable {
+            message: "subscriptions kept changing while publishing; try again".into(),
+            source: None,
+        })
+    }
+
+    async fn claim(
+        &self,
+        subscription: &SubscriptionName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now();
+        let lease_ms = millis(lease);
+        let lease_until = Timestamp::from_millis(now.as_millis().saturating_add(lease_ms));
+        let mut inv = self.invocation(&self.scripts.claim, now);
+        inv.arg(subscription.as_str()).arg(max).arg(lease_ms);
+        let mut out = array(self.run(&inv).await?)?.into_iter();
+        match string(out.next().unwrap_or(Value::Nil))?.as_str() {
+            "OK" => {}
+            "UNKNOWN" => return Err(StoreError::UnknownSubscription(subscription.clone())),
+            other => return Err(corrupt(format!("claim answered '{other}'"))),
+        }
+        let mut claimed = Vec::with_capacity(out.len());
+        for entry in out {
+            let mut f = array(entry)?.into_iter();
+            let (Some(did), Some(token), Some(attempt), Some(due), Some(eid), Some(hash)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                return Err(corrupt("a short claim entry"));
+            };
+            let delivery = DeliveryId::from_uuid(codec::parse_uuid(&bytes(did)?)?);
+            let token = u64::try_from(int(token)?).map_err(corrupt)?;
+            let attempt = u32::try_from(int(attempt)?).map_err(corrupt)?;
+            let due = Timestamp::from_millis(int(due)?);
+            let event = codec::event_from_hash(EventId::from_uuid(codec::parse_uuid(&bytes(eid)?)?), hash)?;
+            claimed.push(Claimed::new(
+                Lease { delivery, token },
+                lease_until,
+                subscription.clone(),
+                event,
+                attempt,
+                due,
+            ));
+        }
+        Ok(claimed)
+    }
+
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.invocation(&self.scripts.extend, self.clock.now());
+        inv.arg(millis(lease));
+        for l in leases {
+            inv.arg(codec::delivery_key(l.delivery)).arg(l.token.to_string());
+        }
+        array(self.run(&inv).await?)?
+            .into_iter()
+            .map(|v| int(v).map(|n| n == 1))
+            .collect()
+    }
+
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.invocation(&self.scripts.complete, self.clock.now());
+        for o in &outcomes {
+            let (kind, a, b) = verdict_args(&o.verdict)?;
+            inv.arg(codec::delivery_key(o.lease.delivery))
+                .arg(o.lease.token.to_string())
+                .arg(kind)
+                .arg(o.finished_at.as_millis())
+                .arg(a)
+                .arg(b);
+        }
+        let mut out = array(self.run(&inv).await?)?.into_iter();
+        self.wake_local(out.next().unwrap_or(Value::Nil))?;
+        out.map(|v| int(v).map(|n| if n == 1 { Completion::Applied } else { Completion::Stale }))
+            .collect()
+    }
+
+    async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {
+        let to = match end {
+            CancelAs::Cancelled => DeliveryStatus::Cancelled,
+            CancelAs::Expired => DeliveryStatus::Expired,
+        };
+        let mut inv = self.invocation(&self.scripts.cancel, self.clock.now());
+        inv.arg(codec::event_key(id)).arg(to.as_str());
+        Ok(match int(self.run(&inv).await?)? {
+            n if n < 0 => Cancelled::NotFound,
+            0 => Cancelled::TooLate,
+            n => Cancelled::Ended(u32::try_from(n).unwrap_or(u32::MAX)),
+        })
+    }
+
+    async fn requeue(&self, id: DeliveryId) -> Result<Requeued, StoreError> {
+        let mut inv = self.invocation(&self.scripts.requeue, self.clock.now());
+        inv.arg(codec::delivery_key(id));
+        let mut out = array(self.run(&inv).await?)?.into_iter();
+        let kind = string(out.next().unwrap_or(Value::Nil))?;
+        match kind.as_str() {
+            "NOTFOUND" => Ok(Requeued::NotFound),
+            "NOTDEAD" => Ok(Requeued::NotDead(codec::status(&string(
+                out.next().unwrap_or(Value::Nil),
+            )?)?)),
+            _ => {
+                self.wake_local(out.next().unwrap_or(Value::Nil))?;
+                Ok(Requeued::Requeued)
+            }
+        }
+    }
+
+    async fn next_due(
+        &self,
+        subscriptions: &[SubscriptionName],
+        after: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        if subscriptions.is_empty() {
+            return Ok(None);
+        }
+        let mut inv = self.invocation(&self.scripts.next_due, self.clock.now());
+        inv.arg(after.as_millis());
+        for s in subscriptions {
+            inv.arg(s.as_str());
+        }
+        match self.run(&inv).await? {
+            Value::Nil => Ok(None),
+            v => Ok(Some(Timestamp::from_millis(int(v)?))),
+        }
+    }
+
+    fn wakeups(&self) -> BoxStream<'static, Wakeup> {
+        self.hub.subscribe()
+    }
+
+    async fn query(&self, filter: &EventFilter, page: PageRequest) -> Result<Page<EventRecord>, StoreError> {
+        let limit = page.limit.clamp(1, PageRequest::MAX_LIMIT) as usize;
+        let mut items = Vec::new();
+        let mut conn = self.conn.clone();
+        if let Some(key) = &filter.key {
+            // A key names at most one live event: look it up instead of scanning.
+            let held: Option<String> = redis::cmd("GET")
+                .arg(format!("{}:k:{key}", self.tag))
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::unavailable)?;
+            let held = held.filter(|id| page.after.is_none_or(|a| id.as_str() < codec::event_key(a).as_str()));
+            for r in self.read(held.as_slice(), false).await? {
+                if filter.matches(&r) {
+                    items.push(r);
+                }
+            }
+            return Ok(Page::from_lookahead(items, limit));
+        }
+        let chunk = (limit + 1).max(64);
+        let mut cursor = page.after.map(codec::event_key);
+        loop {
+            let max = match &cursor {
+                Some(c) => format!("({c}"),
+                None => "+".to_owned(),
+            };
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(format!("{}:events", self.tag))
+                .arg(max)
+                .arg("-")
+                .arg("BYLEX")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::unavailable)?;
+            let Some(last) = ids.last().cloned() else { break };
+            for r in self.read(&ids, false).await? {
+                if filter.matches(&r) {
+                    items.push(r);
+                    if items.len() > limit {
+                        return Ok(Page::from_lookahead(items, limit));
+                    }
+                }
+            }
+            if ids.len() < chunk {
+                break;
+            }
+            cursor = Some(last);
+        }
+        Ok(Page::from_lookahead(items, limit))
+    }
+
+    async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
+        Ok(self.read(&[codec::event_key(id)], true).await?.pop())
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let inv = self.invocation(&self.scripts.stats, self.clock.now());
+        let mut stats = Stats::default();
+        let mut items = array(self.run(&inv).await?)?.into_iter();
+        while let (Some(k), Some(v)) = (items.next(), items.next()) {
+            let n = u64::try_from(int(v)?).unwrap_or(0);
+            match string(k)?.as_str() {
+                "events" => stats.events = n,
+                "unrouted" => stats.unrouted = n,
+                other => {
+                    if let Ok(s) = other.parse::<DeliveryStatus>() {
+                        *stats.deliveries.slot_mut(s) = n;
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            let mut inv = self.invocation(&self.scripts.purge, self.clock.now());
+            inv.arg(before.as_millis()).arg(PURGE_BATCH);
+            let n = usize::try_from(int(self.run(&inv).await?)?).unwrap_or(0);
+            removed += n as u64;
+            if n < PURGE_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
+}
