@@ -375,6 +375,12 @@ async fn a_pull_consumer_claims_nacks_extends_and_acks() {
         .as_str()
         .unwrap()
         .contains("gave up after 2 attempts"));
+    // The death is announced like one of herald's own handlers'.
+    let (_, notices) = s.get("/v1/events?topic=herald.event.dead").await;
+    let notice = &notices["items"][0]["payload"];
+    assert_eq!(notice["event_id"], id.as_str(), "{notices}");
+    assert_eq!(notice["subscription"], "workers");
+    assert_eq!(notice["attempts"], 2);
 
     // Retried by hand, claimed once more, acked.
     let delivery = e["deliveries"][0]["id"].as_str().unwrap();

@@ -16,9 +16,10 @@ use tracing::Instrument;
 use super::dispatch::Permit;
 use super::publish::{Message, Room};
 use super::subscribe::LocalSub;
-use super::{Answer, DeadLetter, Inner, DEAD_LETTER_TOPIC};
+use super::{Answer, DeadLetter, Herald, Inner, DEAD_LETTER_TOPIC};
 use crate::handler::{AttemptResult, Context};
-use crate::store::{Claimed, Completion, Outcome, Verdict};
+use crate::event::EventId;
+use crate::store::{Claimed, Completion, Lease, Outcome, StoreError, Verdict};
 
 /// How an attempt ended, before it is judged against the policy.
 enum Ended {
@@ -207,23 +208,102 @@ async fn after_recorded(inner: &Inner, done: Finished) {
         }
     }
     if let Verdict::Dead { reason } = outcome.verdict {
-        // Deaths of herald's own events are not announced, so a failing dead-letter handler
-        // cannot feed itself.
-        if inner.system_events && !event.topic().as_str().starts_with("herald.") {
-            let notice = DeadLetter {
-                event_id: event.id(),
-                delivery_id: claimed.lease.delivery,
-                topic: event.topic().clone(),
-                subscription: claimed.subscription.clone(),
-                attempts: claimed.attempt,
-                reason,
-            };
-            // Boxed: the publish future is large and rare.
-            let publish = Box::pin(inner.publish_one(Message::json(DEAD_LETTER_TOPIC, &notice), Room::Ignore));
-            if let Err(e) = publish.await {
-                tracing::warn!(error = %e, "herald: could not publish the dead-letter notice");
+        let notice = DeadLetter {
+            event_id: event.id(),
+            delivery_id: claimed.lease.delivery,
+            topic: event.topic().clone(),
+            subscription: claimed.subscription.clone(),
+            attempts: claimed.attempt,
+            reason,
+        };
+        announce_death(inner, notice).await;
+    }
+}
+
+/// Publishes `herald.event.dead` for a delivery that died.
+async fn announce_death(inner: &Inner, notice: DeadLetter) {
+    // Deaths of herald's own events are not announced, so a failing dead-letter handler cannot
+    // feed itself.
+    if !inner.system_events || notice.topic.as_str().starts_with("herald.") {
+        return;
+    }
+    // Boxed: the publish future is large and rare.
+    let publish = Box::pin(inner.publish_one(Message::json(DEAD_LETTER_TOPIC, &notice), Room::Ignore));
+    if let Err(e) = publish.await {
+        tracing::warn!(error = %e, "herald: could not publish the dead-letter notice");
+    }
+}
+
+impl Herald {
+    /// Records what became of a delivery claimed outside this runtime's workers: by a consumer
+    /// that called [`Store::claim`](crate::Store::claim) itself, such as the server's pull
+    /// consumers over HTTP. `event` is the claimed delivery's event.
+    ///
+    /// It does what the runtime does for its own handlers: records the outcome fenced by the
+    /// lease token ([`Completion::Stale`] when the lease was lost), announces a death on
+    /// `herald.event.dead`, and wakes publishers waiting for room. A request's waiter learns its
+    /// answer from the store.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use herald_core::{Completion, Herald, Pattern, SubscriptionName, SubscriptionSpec, Verdict};
+    /// use std::time::Duration;
+    ///
+    /// let herald = Herald::builder().build().await?;
+    /// // A subscription without a handler in this process: something else claims for it.
+    /// let name = SubscriptionName::new("remote")?;
+    /// let spec = SubscriptionSpec { name: name.clone(), pattern: Pattern::new("job.*")? };
+    /// herald.store().declare(&spec).await?;
+    /// let id = herald.publish("job.run", &7).await?;
+    ///
+    /// let claimed = herald.store().claim(&name, 1, Duration::from_secs(30)).await?;
+    /// let done = herald.settle(id, claimed[0].lease, Verdict::Succeeded { reply: None }).await?;
+    /// assert_eq!(done, Completion::Applied);
+    /// # Ok(()) }
+    /// ```
+    pub async fn settle(&self, event: EventId, lease: Lease, verdict: Verdict) -> Result<Completion, StoreError> {
+        let inner = &self.inner;
+        let dead = match &verdict {
+            Verdict::Dead { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        let outcome = Outcome {
+            lease,
+            finished_at: inner.clock.now(),
+            verdict,
+        };
+        let done = inner
+            .store
+            .complete(vec![outcome])
+            .await?
+            .pop()
+            .unwrap_or(Completion::Stale);
+        if done != Completion::Applied {
+            return Ok(done);
+        }
+        inner.made_room();
+        if let Some(reason) = dead {
+            // Deaths outside the runtime are rare: read the event back for the notice.
+            let record = inner.store.get(event).await?;
+            let found = record.as_ref().and_then(|r| {
+                r.deliveries
+                    .iter()
+                    .find(|d| d.id == lease.delivery)
+                    .map(|d| (r.event.topic().clone(), d))
+            });
+            if let Some((topic, delivery)) = found {
+                let notice = DeadLetter {
+                    event_id: event,
+                    delivery_id: lease.delivery,
+                    topic,
+                    subscription: delivery.subscription.clone(),
+                    attempts: delivery.attempt_count,
+                    reason,
+                };
+                announce_death(inner, notice).await;
             }
         }
+        Ok(done)
     }
 }
 

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald::{Claimed, Completion, DeliveryId, Lease, Outcome, SubscriptionName, Verdict};
+use herald::{Claimed, Completion, DeliveryId, EventId, Lease, SubscriptionName, Verdict};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -26,16 +26,18 @@ const MAX_CLAIM: usize = 100;
 /// The default lease of a claim.
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// A lease as clients carry it: `<delivery id>.<token>.<attempt>`. The attempt number lets a
-/// nack judge the subscription's `max_attempts` without reading the delivery back.
+/// A lease as clients carry it: `<event id>.<delivery id>.<token>.<attempt>`. The attempt number
+/// lets a nack judge the subscription's `max_attempts`, and the event id lets a death be announced,
+/// without reading the delivery back.
 struct LeaseRef {
+    event: EventId,
     lease: Lease,
     attempt: u32,
 }
 
 impl LeaseRef {
-    fn encode(lease: Lease, attempt: u32) -> String {
-        format!("{}.{}.{attempt}", lease.delivery, lease.token)
+    fn encode(c: &Claimed) -> String {
+        format!("{}.{}.{}.{}", c.event.id(), c.lease.delivery, c.lease.token, c.attempt)
     }
 
     fn parse(text: &str) -> Result<Self, ApiError> {
@@ -45,10 +47,13 @@ impl LeaseRef {
             ))
         };
         let mut parts = text.split('.');
-        let (Some(d), Some(t), Some(a), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(e), Some(d), Some(t), Some(a), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
         };
         Ok(LeaseRef {
+            event: EventId::from_str(e).map_err(|_| bad())?,
             lease: Lease {
                 delivery: DeliveryId::from_str(d).map_err(|_| bad())?,
                 token: t.parse().map_err(|_| bad())?,
@@ -120,7 +125,7 @@ pub(crate) struct ClaimedView {
 impl ClaimedView {
     fn new(c: &Claimed) -> Self {
         ClaimedView {
-            lease: LeaseRef::encode(c.lease, c.attempt),
+            lease: LeaseRef::encode(c),
             lease_until: c.lease_until.to_string(),
             delivery_id: c.lease.delivery,
             attempt: c.attempt,
@@ -222,16 +227,11 @@ async fn claim_within(
     }
 }
 
-/// Records one outcome; 409 when the lease was lost.
+/// Records one outcome through the runtime (a death is announced on `herald.event.dead`,
+/// publishers waiting for room wake); 409 when the lease was lost.
 async fn complete(app: &AppState, lease: &LeaseRef, verdict: Verdict) -> Result<(), ApiError> {
-    let outcome = Outcome {
-        lease: lease.lease,
-        finished_at: app.herald().clock().now(),
-        verdict,
-    };
-    let done = app.herald().store().complete(vec![outcome]).await?;
-    match done.first() {
-        Some(Completion::Applied) => Ok(()),
+    match app.herald().settle(lease.event, lease.lease, verdict).await? {
+        Completion::Applied => Ok(()),
         _ => Err(lease_lost(lease)),
     }
 }
