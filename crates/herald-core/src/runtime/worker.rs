@@ -17,8 +17,8 @@ use super::dispatch::Permit;
 use super::publish::{Message, Room};
 use super::subscribe::LocalSub;
 use super::{Answer, DeadLetter, Herald, Inner, DEAD_LETTER_TOPIC};
-use crate::handler::{AttemptResult, Context};
 use crate::event::EventId;
+use crate::handler::{AttemptResult, Context};
 use crate::store::{Claimed, Completion, Lease, Outcome, StoreError, Verdict};
 
 /// How an attempt ended, before it is judged against the policy.
