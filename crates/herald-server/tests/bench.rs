@@ -81,7 +81,14 @@ async fn prints_a_line_per_in_process_target() {
         positive(
             &fields(&stdout, "sqlite"),
             "sqlite",
-            &["events_per_s", "p50_ms", "p99_ms"],
+            &[
+                "events_per_s",
+                "p50_ms",
+                "p99_ms",
+                "fsync_per_s",
+                "bound_per_s",
+                "of_bound",
+            ],
         );
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
