@@ -2,6 +2,8 @@
 //!
 //! Depend on the `herald` facade crate instead; it re-exports all of this.
 
+#[cfg(feature = "cron")]
+pub mod cron;
 mod error;
 mod event;
 mod handler;
@@ -12,6 +14,12 @@ pub mod store;
 mod time;
 mod topic;
 
+#[cfg(feature = "cron")]
+pub use cron::{
+    cron_key, CronBuilder, CronError, CronHandle, CronInfo, CronRun, CronSpec, CronTaskChanged, CronTaskExecuted,
+    CronTaskFailed, CronTick, Missed, CRON_CREATED_TOPIC, CRON_DELETED_TOPIC, CRON_EXECUTED_TOPIC, CRON_FAILED_TOPIC,
+    CRON_HEADER, CRON_TICK_HEADER, CRON_UPDATED_TOPIC, NEXT_FIRES,
+};
 pub use error::{Error, PublishError, RequestError, SubscribeError};
 pub use event::{DeliveryId, Event, EventId, EventParts, Headers, Priority, PriorityError, JSON};
 pub use handler::{Context, HandlerError};

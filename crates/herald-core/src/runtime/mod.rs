@@ -11,6 +11,8 @@ mod subscribe;
 mod timer;
 mod worker;
 
+#[cfg(feature = "cron")]
+pub(crate) use publish::Room;
 pub use publish::{Message, Publish, Request};
 pub use query::EventsQuery;
 pub use subscribe::{Subscription, SubscriptionBuilder};
@@ -178,7 +180,9 @@ impl HeraldBuilder {
         F: std::future::Future<Output = Result<S, StoreError>> + Send + 'static,
     {
         self.store = None;
-        self.connect = Some(Box::pin(async move { connecting.await.map(|s| Arc::new(s) as Arc<dyn Store>) }));
+        self.connect = Some(Box::pin(async move {
+            connecting.await.map(|s| Arc::new(s) as Arc<dyn Store>)
+        }));
         self
     }
 
@@ -286,6 +290,8 @@ impl HeraldBuilder {
             background: TaskTracker::new(),
             shutdown: OnceCell::new(),
             metrics: Metrics::new(),
+            #[cfg(feature = "cron")]
+            crons: crate::cron::Registry::default(),
         });
         for _ in 0..self.workers {
             inner.background.spawn(worker::work(inner.clone(), work_rx.clone()));
@@ -338,9 +344,12 @@ pub(crate) struct Inner {
     pub(crate) work: async_channel::Sender<worker::Job>,
     /// Outcomes on their way to the completer.
     pub(crate) outcomes: tokio::sync::mpsc::UnboundedSender<worker::Finished>,
-    background: TaskTracker,
+    pub(crate) background: TaskTracker,
     shutdown: OnceCell<ShutdownReport>,
     pub(crate) metrics: Metrics,
+    /// Cron schedules; their tick tasks stop with `stop_claiming` and run on `background`.
+    #[cfg(feature = "cron")]
+    pub(crate) crons: crate::cron::Registry,
 }
 
 impl Inner {
