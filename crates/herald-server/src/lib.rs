@@ -54,6 +54,7 @@
 
 mod api;
 mod config;
+mod dashboard;
 mod server;
 mod store;
 mod telemetry;

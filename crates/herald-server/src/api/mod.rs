@@ -46,20 +46,25 @@ pub(crate) struct Shared {
     pub(crate) subscriptions: Registry,
     /// The client webhooks are sent with.
     pub(crate) http: webhook::Client,
+    /// The dashboard's recent past, sampled each second.
+    pub(crate) history: crate::dashboard::History,
 }
 
 impl AppState {
     pub(crate) fn new(herald: Herald, config: Config, metrics: Option<PrometheusHandle>) -> Self {
         // With the embedded store, API-made subscriptions are kept beside it across restarts.
         let saved = (config.store == StoreKind::Sqlite).then(|| config.data.join("subscriptions.json"));
-        AppState(Arc::new(Shared {
+        let state = AppState(Arc::new(Shared {
             herald,
             config,
             closing: AtomicBool::new(false),
             metrics,
             subscriptions: Registry::new(saved),
             http: webhook::client(),
-        }))
+            history: crate::dashboard::History::default(),
+        }));
+        crate::dashboard::spawn_sampler(&state);
+        state
     }
 
     pub(crate) fn herald(&self) -> &Herald {
@@ -162,6 +167,8 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/v1/subscriptions/{name}/nack", post(pull::nack)),
         (Method::POST, "/v1/subscriptions/{name}/extend", post(pull::extend)),
         (Method::GET, "/v1/stats", get(system::stats)),
+        (Method::GET, "/v1/stats/history", get(crate::dashboard::history)),
+        (Method::GET, "/v1/stats/stream", get(crate::dashboard::stream)),
         (Method::GET, "/v1/openapi.json", get(system::openapi)),
         (Method::GET, "/metrics", get(system::metrics)),
         (Method::GET, "/healthz", get(system::healthz)),
@@ -169,7 +176,8 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     ]
 }
 
-/// Paths open without a token: probes must work without credentials.
+/// Paths open without a token: probes must work without credentials, and the dashboard's page
+/// must load to ask for a token.
 const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
 
 /// The application: every route with its layers.
@@ -180,6 +188,7 @@ pub(crate) fn router(state: AppState) -> Router {
     }
     let timeout = state.config().request_timeout;
     router
+        .merge(crate::dashboard::pages())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
@@ -246,7 +255,7 @@ async fn record_request(request: Request, next: Next) -> Response {
 }
 
 pub(crate) fn is_open_path(path: &str) -> bool {
-    OPEN_PATHS.contains(&path)
+    OPEN_PATHS.contains(&path) || crate::dashboard::is_page(path)
 }
 
 #[cfg(test)]
