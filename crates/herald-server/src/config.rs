@@ -9,14 +9,22 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Which store the server keeps events in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+///
+/// In the config file, the environment (`HERALD_STORE`) and `--store`: `sqlite`, `memory`, or the
+/// URL of a shared store, `redis://...` (also `rediss://`) or `postgres://...` (also
+/// `postgresql://`), which several servers may share.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 #[non_exhaustive]
 pub enum StoreKind {
     /// In process memory: fast, and gone when the process stops.
     Memory,
     /// The embedded durable store: one SQLite file in the data directory.
     Sqlite,
+    /// A Redis (or Valkey) server, by URL: shared by every server that names it.
+    Redis(String),
+    /// A PostgreSQL database, by URL: shared by every server that names it.
+    Postgres(String),
 }
 
 impl StoreKind {
@@ -27,11 +35,48 @@ impl StoreKind {
         StoreKind::Memory
     };
 
-    /// Its name in the config (`memory`, `sqlite`).
-    pub const fn as_str(self) -> &'static str {
+    /// Its kind's name (`memory`, `sqlite`, `redis`, `postgres`).
+    pub const fn as_str(&self) -> &'static str {
         match self {
             StoreKind::Memory => "memory",
             StoreKind::Sqlite => "sqlite",
+            StoreKind::Redis(_) => "redis",
+            StoreKind::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether what it holds outlives the process.
+    pub const fn is_durable(&self) -> bool {
+        !matches!(self, StoreKind::Memory)
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// The name, or the URL with its password hidden.
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Redis(url) | StoreKind::Postgres(url) => f.write_str(&redact(url)),
+            other => f.write_str(other.as_str()),
         }
     }
 }
@@ -43,8 +88,23 @@ impl FromStr for StoreKind {
         match s {
             "memory" => Ok(StoreKind::Memory),
             "sqlite" => Ok(StoreKind::Sqlite),
-            other => Err(format!("unknown store '{other}': use 'sqlite' or 'memory'")),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => Ok(StoreKind::Redis(url.to_owned())),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(StoreKind::Postgres(url.to_owned()))
+            }
+            other => Err(format!(
+                "unknown store '{}': use 'sqlite', 'memory', a redis://host:port URL or a postgres://user@host/db URL",
+                redact(other)
+            )),
         }
+    }
+}
+
+impl TryFrom<String> for StoreKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 
@@ -111,6 +171,8 @@ pub struct ConfigLayer {
     pub data: Option<PathBuf>,
     /// The store.
     pub store: Option<StoreKind>,
+    /// The namespace in a shared store: the Redis key prefix or the PostgreSQL schema.
+    pub namespace: Option<String>,
     /// The largest request body, in bytes.
     pub body_limit: Option<usize>,
     /// How long one HTTP request may take, in milliseconds.
@@ -160,7 +222,7 @@ impl ConfigLayer {
 
     /// Settings from `HERALD_*` variables, read through `var` (pass `|k| std::env::var(k).ok()`).
     ///
-    /// `HERALD_LISTEN`, `HERALD_DATA`, `HERALD_STORE`, `HERALD_BODY_LIMIT`,
+    /// `HERALD_LISTEN`, `HERALD_DATA`, `HERALD_STORE`, `HERALD_NAMESPACE`, `HERALD_BODY_LIMIT`,
     /// `HERALD_REQUEST_TIMEOUT_MS`, `HERALD_SHUTDOWN_TIMEOUT_MS`, `HERALD_MAX_PENDING`,
     /// `HERALD_WORKERS`, `HERALD_TOKENS` (comma-separated).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -184,6 +246,7 @@ impl ConfigLayer {
             listen: parsed(&var, "HERALD_LISTEN")?,
             data: var("HERALD_DATA").map(PathBuf::from),
             store: parsed(&var, "HERALD_STORE")?,
+            namespace: var("HERALD_NAMESPACE"),
             body_limit: parsed(&var, "HERALD_BODY_LIMIT")?,
             request_timeout_ms: parsed(&var, "HERALD_REQUEST_TIMEOUT_MS")?,
             shutdown_timeout_ms: parsed(&var, "HERALD_SHUTDOWN_TIMEOUT_MS")?,
@@ -205,6 +268,7 @@ impl ConfigLayer {
             listen: self.listen.or(lower.listen),
             data: self.data.or(lower.data),
             store: self.store.or(lower.store),
+            namespace: self.namespace.or(lower.namespace),
             body_limit: self.body_limit.or(lower.body_limit),
             request_timeout_ms: self.request_timeout_ms.or(lower.request_timeout_ms),
             shutdown_timeout_ms: self.shutdown_timeout_ms.or(lower.shutdown_timeout_ms),
@@ -225,6 +289,9 @@ pub struct Config {
     pub data: PathBuf,
     /// The store (default: the embedded store when built with the `sqlite` feature).
     pub store: StoreKind,
+    /// The namespace in a shared store (default `herald`): the Redis key prefix or the PostgreSQL
+    /// schema. Servers that share a store and a namespace are one system.
+    pub namespace: String,
     /// The largest request body in bytes (default 1 MiB); larger bodies get 413.
     pub body_limit: usize,
     /// How long one HTTP request may take (default 30 s).
@@ -246,6 +313,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data", &self.data)
             .field("store", &self.store)
+            .field("namespace", &self.namespace)
             .field("body_limit", &self.body_limit)
             .field("request_timeout", &self.request_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -262,6 +330,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
             data: PathBuf::from("./herald-data"),
             store: StoreKind::DEFAULT,
+            namespace: "herald".to_owned(),
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
@@ -282,6 +351,7 @@ impl Config {
             listen: merged.listen.unwrap_or(d.listen),
             data: merged.data.unwrap_or(d.data),
             store: merged.store.unwrap_or(d.store),
+            namespace: merged.namespace.unwrap_or(d.namespace),
             body_limit: merged.body_limit.unwrap_or(d.body_limit),
             request_timeout: merged
                 .request_timeout_ms
@@ -308,6 +378,18 @@ impl Config {
         if self.max_pending == 0 {
             return Err(ConfigError::Invalid("max_pending must be at least 1".into()));
         }
+        let ns = &self.namespace;
+        if ns.is_empty()
+            || ns.len() > 56
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "namespace '{ns}' must be 1 to 56 lowercase letters, digits or '_' (it names a Redis key prefix or a \
+                 PostgreSQL schema)"
+            )));
+        }
         if self.request_timeout < Duration::from_millis(100) {
             return Err(ConfigError::Invalid("request_timeout_ms must be at least 100".into()));
         }
@@ -318,10 +400,17 @@ impl Config {
                 self.listen
             )));
         }
-        if !cfg!(feature = "sqlite") && self.store == StoreKind::Sqlite {
-            return Err(ConfigError::Invalid(
-                "this build has no embedded store (the `sqlite` feature is off): use store = \"memory\"".into(),
-            ));
+        let missing = match self.store {
+            StoreKind::Sqlite if !cfg!(feature = "sqlite") => Some("sqlite"),
+            StoreKind::Redis(_) if !cfg!(feature = "redis") => Some("redis"),
+            StoreKind::Postgres(_) if !cfg!(feature = "postgres") => Some("postgres"),
+            _ => None,
+        };
+        if let Some(feature) = missing {
+            return Err(ConfigError::Invalid(format!(
+                "this build has no {feature} store (the `{feature}` feature of herald-server is off): \
+                 rebuild with `--features {feature}` or use store = \"memory\""
+            )));
         }
         Ok(())
     }
@@ -334,6 +423,26 @@ mod tests {
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn stores_are_names_or_urls() {
+        assert_eq!("sqlite".parse::<StoreKind>().unwrap(), StoreKind::Sqlite);
+        assert_eq!(
+            "redis://127.0.0.1:6379/0".parse::<StoreKind>().unwrap(),
+            StoreKind::Redis("redis://127.0.0.1:6379/0".into())
+        );
+        let pg: StoreKind = "postgres://app:secret@127.0.0.1/herald".parse().unwrap();
+        assert_eq!(pg.as_str(), "postgres");
+        assert_eq!(
+            pg.to_string(),
+            "postgres://app:***@127.0.0.1/herald",
+            "the password never shows"
+        );
+        let err = "mysql://app:secret@db/x".parse::<StoreKind>().unwrap_err();
+        assert!(err.contains("redis://") && !err.contains("secret"), "{err}");
+        let layer = ConfigLayer::from_toml("store = \"redis://127.0.0.1:6379\"").unwrap();
+        assert_eq!(layer.store, Some(StoreKind::Redis("redis://127.0.0.1:6379".into())));
     }
 
     #[test]

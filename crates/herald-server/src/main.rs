@@ -40,9 +40,12 @@ struct ServeArgs {
     /// A TOML config file (also HERALD_CONFIG).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The store: sqlite (embedded, durable) or memory.
+    /// The store: sqlite (embedded, durable), memory, or a shared store's URL (redis://..., postgres://...).
     #[arg(long)]
     store: Option<StoreKind>,
+    /// The namespace in a shared store: Redis key prefix or PostgreSQL schema [default: herald].
+    #[arg(long)]
+    namespace: Option<String>,
     /// The largest request body in bytes [default: 1048576].
     #[arg(long)]
     body_limit: Option<usize>,
@@ -68,7 +71,8 @@ impl ServeArgs {
         let mut layer = ConfigLayer::default();
         layer.listen = self.listen;
         layer.data = self.data.clone();
-        layer.store = self.store;
+        layer.store = self.store.clone();
+        layer.namespace = self.namespace.clone();
         layer.body_limit = self.body_limit;
         layer.request_timeout_ms = self.request_timeout_ms;
         layer.shutdown_timeout_ms = self.shutdown_timeout_ms;
@@ -131,9 +135,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let store = match config.store {
+    let store = match &config.store {
         StoreKind::Sqlite => format!("sqlite in {}", config.data.display()),
-        other => other.as_str().to_owned(),
+        other => other.to_string(),
     };
     // Listen for signals before saying we listen: a SIGTERM right after that line must drain.
     let mut signals = herald_server::ShutdownSignal::install();

@@ -59,7 +59,7 @@ impl Server {
         config.check()?;
         // Before the runtime: herald registers its metric handles when it is built.
         let metrics = install_recorder();
-        let store = open_store(&config)?;
+        let store = open_store(&config).await?;
         let herald = Herald::builder()
             .shared_store(store)
             .workers(config.workers)

@@ -349,7 +349,7 @@ impl Load {
     /// Starts `herald serve` in process on `store`, loads it, and stops it.
     async fn herald(&self, store: StoreKind, data: PathBuf) -> Result<Run, CliError> {
         let mut config = Config::default();
-        config.store = store;
+        config.store = store.clone();
         config.data = data;
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.shutdown_timeout = Duration::from_secs(2);
