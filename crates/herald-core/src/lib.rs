@@ -1,6 +1,7 @@
 //! herald-core: events, topics, the [`Store`] trait, the runtime and the in-memory store.
 //!
 //! Depend on the `herald` facade crate instead; it re-exports all of this.
+#![cfg_attr(feature = "cron", doc = include_str!("cron/docs.md"))]
 
 #[cfg(feature = "cron")]
 pub mod cron;

@@ -45,6 +45,8 @@
 //! | feature | module | store |
 //! |---|---|---|
 //! | `sqlite` | `herald::sqlite` | the embedded durable store: one SQLite file, no server (`Herald::builder().sqlite("herald.db")`) |
+//! - Cron schedules (feature `cron`): `herald.cron("nightly-report", "0 3 * * *")` publishes one
+//!   event per tick across every node that shares the store (module `herald::cron`).
 //! - Topics are dotted lowercase names (`order.paid`); patterns add `*` (one segment) and a final
 //!   `>` (the rest).
 //! - Metrics go through the `metrics` facade (see the names in the README); spans through
