@@ -40,7 +40,9 @@
 //! A script that makes a delivery due (publish, retry, release, requeue) publishes the due time on
 //! the channel `{prefix}:wake`; one that answers a request publishes the request's id. Each store
 //! listens on a dedicated pub/sub connection, so a delay published on node A arms node B's timer
-//! for its millisecond without polling. After the listener loses its connection it resubscribes
+//! for its millisecond without polling. A claim announces when its leases run out (unless an
+//! earlier announcement is still ahead: the node it wakes asks the store for the next time), so
+//! the deliveries of a node that died are taken over when their leases end. After the listener loses its connection it resubscribes
 //! and reports [`Wakeup::Lagged`], on which the runtime re-asks the store.
 //!
 //! ## Key layout
@@ -63,6 +65,7 @@
 //! | `{p}:k:<key>` | string | the event holding an idempotency key (until purged) |
 //! | `{p}:counts` | hash | deliveries by status, `events`, `unrouted` |
 //! | `{p}:token` | string | the lease-token counter |
+//! | `{p}:leasewake` | string | the lease end last announced as a wakeup |
 //!
 //! Ids are UUIDs as 32 hex digits. Nothing expires by itself: finished events stay until
 //! [`purge`](herald_core::Store::purge) (the runtime's retention calls it).
@@ -542,6 +545,7 @@ impl Store for RedisStore {
             "UNKNOWN" => return Err(StoreError::UnknownSubscription(subscription.clone())),
             other => return Err(corrupt(format!("claim answered '{other}'"))),
         }
+        self.wake_local(out.next().unwrap_or(Value::Nil))?;
         let mut claimed = Vec::with_capacity(out.len());
         for entry in out {
             let mut f = array(entry)?.into_iter();

@@ -139,7 +139,7 @@ return out
 "#;
 
 /// ARGV[4]: subscription, ARGV[5]: max, ARGV[6]: lease in ms. Returns `{'UNKNOWN'}` for an
-/// undeclared subscription, else `{'OK', {did, token, attempt, due, event id, {event hash}}, ...}`.
+/// undeclared subscription, else `{'OK', wakes, {did, token, attempt, due, event id, {event hash}}, ...}`.
 const CLAIM: &str = r#"
 local sub, max, lease = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('HEXISTS', T .. ':subs', sub) == 0 then return {'UNKNOWN'} end
@@ -155,7 +155,7 @@ for _, did in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', n2s(NOW))) do
   redis.call('ZREM', leases, did)
 end
 promote(sub)
-local out = {'OK'}
+local out = {'OK', {}}
 local taken = 0
 local rk = subkey(sub, 'ready')
 while taken < max do
@@ -184,6 +184,16 @@ while taken < max do
     end
   end
 end
+-- Other nodes learn when these leases run out (to take over from a node that died) from a wakeup;
+-- one is enough while an earlier one is still ahead: the node it wakes asks for the next time.
+if taken > 0 then
+  local announced = tonumber(redis.call('GET', T .. ':leasewake') or '0')
+  if announced <= NOW or announced > lu then
+    redis.call('SET', T .. ':leasewake', n2s(lu))
+    wake_due(lu)
+  end
+end
+out[2] = flush_wakes()
 return out
 "#;
 
