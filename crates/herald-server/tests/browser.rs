@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: the `herald` binary serves it, headless Chromium (driven by
 //! playwright-core, tests/browser/dashboard.mjs) signs in with the token, sees an event published
-//! through the API, retries a dead delivery with a click and takes a screenshot, whose path is
-//! printed as `ARTIFACT screenshot=<path>`.
+//! through the API, retries a dead delivery with a click, pauses a subscription, filters the list
+//! and takes a screenshot, whose path is printed as `ARTIFACT screenshot=<path>`.
 //!
 //! Needs Debian's `chromium` and `npm ci` in tests/browser. Without them the test says SKIP and
 //! passes, unless `HERALD_REQUIRE_BROWSER=1` (as in CI), when it fails.
@@ -68,7 +68,7 @@ async fn spawn_server() -> (Child, String) {
             cmd.env_remove(k);
         }
     }
-    cmd.env("RUST_LOG", "warn")
+    cmd.env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -236,6 +236,15 @@ async fn seed(api: &Api) -> Seeded {
     }
 }
 
+/// A line for the log even when the test harness captures output (CI reads it from there):
+/// written to the process's stdout directly, which `println!` under capture is not.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Where the screenshot goes: beside the build, so CI keeps it with the target dir.
 fn screenshot_path() -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -252,7 +261,9 @@ async fn the_dashboard_shows_an_event_and_retries_a_dead_delivery_in_chromium() 
             panic!("HERALD_REQUIRE_BROWSER=1 but the browser test cannot run: {why}")
         }
         Err(why) => {
-            println!("SKIP the browser test: {why} (set HERALD_REQUIRE_BROWSER=1 to make this a failure)");
+            announce(&format!(
+                "SKIP the browser test: {why} (set HERALD_REQUIRE_BROWSER=1 to make this a failure)"
+            ));
             return;
         }
     };
@@ -291,9 +302,11 @@ async fn the_dashboard_shows_an_event_and_retries_a_dead_delivery_in_chromium() 
     let delivery = &event["deliveries"][0];
     assert_eq!(delivery["id"], seeded.dead_delivery.as_str());
     assert_ne!(delivery["status"], "dead", "{event}");
+    let sub = api.get("/v1/subscriptions/audit-hook").await;
+    assert_eq!(sub["paused"], true, "{sub}");
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG: {}", screenshot.display());
-    println!("ARTIFACT screenshot={}", screenshot.display());
+    announce(&format!("ARTIFACT screenshot={}", screenshot.display()));
 
     server.start_kill().unwrap();
     server.wait().await.unwrap();

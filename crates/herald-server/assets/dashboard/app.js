@@ -323,6 +323,17 @@ function buildTiles() {
   tiles.append(make("events", "Events"), ...STATUSES.map((s) => make(s, s)));
 }
 
+const TILE_NOTES = {
+  scheduled: "deliveries due later",
+  pending: "deliveries due now",
+  active: "being handled",
+  retrying: "waiting to retry",
+  succeeded: "handled",
+  dead: "no dead letters",
+  cancelled: "before they ran",
+  expired: "past their ttl",
+};
+
 function showStats(stats) {
   if (!stats) return;
   state.stats = stats;
@@ -336,7 +347,7 @@ function showStats(stats) {
   set("events", stats.events, stats.unrouted ? `${fmtCount(stats.unrouted)} unrouted` : "all time");
   const last = state.points[state.points.length - 1];
   for (const s of STATUSES) {
-    let note = "deliveries";
+    let note = TILE_NOTES[s];
     if (s === "succeeded" && last) note = `${fmtRate(last.succeeded)}/s now`;
     if (s === "dead" && stats.deliveries.dead > 0) note = "need attention";
     set(s, stats.deliveries[s], note);
@@ -409,16 +420,17 @@ function drawChart(name) {
   const m = { top: 10, right: 12, bottom: 22, left: 48 };
   const w = width - m.left - m.right;
   const h = height - m.top - m.bottom;
-  // The window, or less while the server has not been up that long (a minute at least).
+  // The window, or less while the server has not been up that long (30 s at least).
   const end = state.points.length ? state.points[state.points.length - 1].t : Date.now();
   const first = state.points.length ? state.points[0].t - state.interval : end;
-  const span = Math.min(state.window * 1000, Math.max(end - first, 60000));
+  const span = Math.min(state.window * 1000, Math.max(end - first, 30000));
   const start = end - span;
   const points = state.points.filter((p) => p.t >= start);
 
   let max = 0;
   for (const s of chart.series) for (const p of points) max = Math.max(max, s.value(p) || 0);
-  const top = niceCeil(Math.max(max * 1.1, chart.floor));
+  // Four gridlines at round values.
+  const top = niceCeil(Math.max(max * 1.1, chart.floor) / 4) * 4;
   const x = (t) => m.left + ((t - start) / (end - start)) * w;
   const y = (v) => m.top + h - (v / top) * h;
 
@@ -474,11 +486,11 @@ function drawChart(name) {
     root.append(svg("path", { class: "line", d, stroke: s.color }));
   });
 
-  // The legend shows the newest values.
-  const last = points[points.length - 1];
+  // The legend shows the newest value of each series (lateness: of the last second anything ran).
   for (const s of chart.series) {
     const b = $(`#legend-${name} b[data-key="${s.key}"]`);
-    const v = last ? s.value(last) : null;
+    let v = null;
+    for (let i = points.length - 1; i >= 0 && (v === null || v === undefined); i--) v = s.value(points[i]);
     b.textContent = v === null || v === undefined ? "–" : chart.legendValue(v);
   }
 
@@ -698,7 +710,7 @@ function detailView(e) {
 
 function deliveryView(d) {
   const facts = [`${d.attempt_count} attempt${d.attempt_count === 1 ? "" : "s"}`];
-  if (OPEN.has(d.status)) facts.push(`due ${fmtRelative(d.due)}`);
+  if (d.status === "scheduled" || d.status === "retrying") facts.push(`due ${fmtRelative(d.due)}`);
   const retry =
     d.status === "dead"
       ? el("button", { type: "button", class: "small primary", dataset: { action: "retry" }, onclick: (ev) => retryDelivery(d.id, ev.currentTarget) }, "Retry")
@@ -709,7 +721,8 @@ function deliveryView(d) {
     { class: "delivery", dataset: { delivery: d.id } },
     el("div", { class: "delivery-head" }, el("span", { class: "name" }, d.subscription), badge(d.status), el("span", { class: "spacer" }), retry),
     el("div", { class: "facts" }, facts.join(" · "), el("span", { class: "mono", title: "delivery id" }, ` · ${shortId(d.id)}`)),
-    d.last_error && d.status !== "succeeded" ? el("div", { class: "error" }, d.status === "dead" ? d.last_error : `last error: ${d.last_error}`) : null,
+    // Why it is dead or waiting to retry; otherwise the attempts below tell.
+    d.last_error && (d.status === "dead" || d.status === "retrying") ? el("div", { class: "error" }, d.last_error) : null,
     attempts.length
       ? el(
           "table",

@@ -61,15 +61,15 @@ pub(crate) struct Sample {
     stats: Stats,
 }
 
-/// The recent past, and the channel live viewers follow. `None` until the second reading, or
-/// once the server shuts down (then `closed` is set).
+/// The recent past, and the channel live viewers follow.
 #[derive(Debug)]
 pub(crate) struct History {
     points: Mutex<VecDeque<Point>>,
     latest: watch::Sender<Live>,
 }
 
-/// The newest sample, and whether there will be more.
+/// The newest sample (none before the sampler's second reading), and whether there will be
+/// more (`closed` once the server shuts down).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Live {
     pub(crate) sample: Option<Arc<Sample>>,

@@ -1,5 +1,6 @@
-// Drives headless Chromium through the herald dashboard. tests/browser.rs starts the server,
-// makes the data and runs this script with:
+// Drives headless Chromium through the herald dashboard: sign in, see an event, retry a dead
+// delivery, pause a subscription, filter the list, take a screenshot. tests/browser.rs starts the
+// server, makes the data and runs this script with:
 //   HERALD_URL         the server's base URL
 //   HERALD_TOKEN       the bearer token the page must ask for
 //   HERALD_EVENT       an event published through the API: it must show in the list
@@ -94,6 +95,19 @@ try {
   step(`the delivery is now ${await status.textContent()}`);
   await delivery.locator('button[data-action="retry"]').waitFor({ state: "detached" });
 
+  step("pause a subscription with a click");
+  const sub = page.locator('#subs tbody tr[data-subscription="audit-hook"]');
+  await sub.locator('button[data-action="pause"]').click();
+  await sub.locator(".state.paused").waitFor();
+
+  step("filter the list by topic");
+  await page.locator('#filters input[name="topic"]').fill("order.*");
+  await page.waitForFunction(() => {
+    const topics = [...document.querySelectorAll("#events tbody td.topic")].map((td) => td.textContent);
+    return topics.length > 0 && topics.every((t) => t.startsWith("order."));
+  });
+  await row.waitFor({ state: "visible" });
+
   step("the charts have drawn their samples");
   await page.waitForFunction(() => document.querySelectorAll("#chart-throughput path.line").length === 3);
   await page.waitForFunction(() => !document.querySelector("#chart-throughput .waiting"));
@@ -101,6 +115,11 @@ try {
   // The screenshot shows the selection, without the toast that is still fading.
   await page.locator(`#events tbody tr[data-event="${deadEvent}"][aria-selected="true"]`).waitFor();
   await page.waitForFunction(() => !document.querySelector("#toasts .toast"));
+  // From the top, so that the sticky bar sits at the top of the full-page capture.
+  await page.evaluate(() => {
+    document.activeElement?.blur();
+    window.scrollTo(0, 0);
+  });
   await page.screenshot({ path: screenshot, fullPage: true });
   step(`screenshot saved to ${screenshot}`);
 
