@@ -543,7 +543,7 @@ async fn lifecycle_events_announce_every_change_and_failed_ticks() {
         [
             (CRON_UPDATED_TOPIC.to_owned(), "*/7 * * * * *".into(), false.into()),
             (CRON_UPDATED_TOPIC.to_owned(), "*/7 * * * * *".into(), true.into()),
-            (CRON_DELETED_TOPIC.to_owned(), "*/7 * * * * *".into(), false.into()),
+            (CRON_DELETED_TOPIC.to_owned(), "*/7 * * * * *".into(), true.into()),
         ]
     );
 }

@@ -528,13 +528,8 @@ impl Herald {
     /// # Ok(()) }
     /// ```
     pub async fn cron_remove(&self, name: &str) -> Result<(), CronError> {
-        let removed = registry::remove(&self.inner, name)?;
-        registry::announce(
-            &self.inner,
-            CRON_DELETED_TOPIC,
-            &registry::changed(&self.inner, &removed, false),
-        )
-        .await;
+        let deleted = registry::remove(&self.inner, name)?;
+        registry::announce(&self.inner, CRON_DELETED_TOPIC, &deleted).await;
         Ok(())
     }
 

@@ -180,15 +180,15 @@ pub(super) fn set_paused(herald: &Herald, name: &str, paused: bool) -> Result<bo
     Ok(true)
 }
 
-/// Removes a schedule and stops its task; returns its settings.
-pub(super) fn remove(inner: &Inner, name: &str) -> Result<Arc<Config>, CronError> {
+/// Removes a schedule and stops its task; returns what `cron.task.deleted` says of it.
+pub(super) fn remove(inner: &Inner, name: &str) -> Result<CronTaskChanged, CronError> {
     let entry = lock(inner)
         .remove(name)
         .ok_or_else(|| CronError::NotFound(name.to_owned()))?;
     if let Some(stop) = entry.stop {
         stop.cancel();
     }
-    Ok(entry.config)
+    Ok(changed(inner, &entry.config, entry.paused))
 }
 
 pub(super) fn views(inner: &Inner) -> Vec<View> {
@@ -354,7 +354,7 @@ async fn fire(inner: &Inner, config: &Config, status: &Mutex<Status>, tick: Time
     }
 }
 
-pub(super) fn changed(inner: &Inner, config: &Config, paused: bool) -> CronTaskChanged {
+fn changed(inner: &Inner, config: &Config, paused: bool) -> CronTaskChanged {
     CronTaskChanged {
         name: config.name.clone(),
         expression: config.spec.expression().to_owned(),
