@@ -21,6 +21,8 @@
 //! | `GET, POST /v1/subscriptions`, `GET, DELETE /v1/subscriptions/{name}`, `.../pause`, `.../resume` | webhook subscriptions (with a `url`) and pull consumers (without) |
 //! | `POST /v1/subscriptions/{name}/claim \| ack \| nack \| extend` | pull consumers: leased deliveries |
 //! | `GET /v1/stats`, `GET /metrics`, `GET /healthz`, `GET /readyz` | counts, Prometheus text, probes |
+//! | `GET /v1/stats/history`, `GET /v1/stats/stream` | throughput and lateness a second over the last 15 minutes; the same live as Server-Sent Events |
+//! | `GET /` | the web dashboard (its page and assets load without a token; its calls need one) |
 //!
 //! Errors are `{"error": {"code", "message"}}`: 400 invalid, 401 no or wrong token, 404 unknown,
 //! 409 wrong state, 413 body over `body_limit`, 429 queue full (with `Retry-After`), 503 shutting
