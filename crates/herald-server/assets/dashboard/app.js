@@ -578,16 +578,25 @@ function eventsQuery() {
 async function loadEvents({ quiet = false } = {}) {
   state.lastListed = Date.now();
   let page;
+  const empty = $("#events-empty");
   try {
     page = await api(`/v1/events?${eventsQuery()}`);
   } catch (e) {
-    if (!quiet) failed("Could not load events", e);
+    if (quiet) return;
+    // A filter the API refuses (a half-typed pattern) is said where the rows would be.
+    $("#events tbody").replaceChildren();
+    empty.textContent = e.status === 400 ? e.message : `Could not load events: ${e.message}`;
+    empty.classList.add("error");
+    empty.hidden = false;
+    $("#older").disabled = true;
     return;
   }
   state.next = page.next;
   const body = $("#events tbody");
   body.replaceChildren(...page.items.map(eventRow));
-  $("#events-empty").hidden = page.items.length > 0;
+  empty.textContent = "No events match these filters.";
+  empty.classList.remove("error");
+  empty.hidden = page.items.length > 0;
   $("#newer").disabled = state.page === 0;
   $("#older").disabled = !page.next;
   $("#page").textContent = `Page ${state.page + 1}`;
