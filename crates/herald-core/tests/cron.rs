@@ -135,6 +135,15 @@ async fn five_field_ticks_fire_on_their_minute_and_are_listed() {
         ])
     );
     assert_eq!(info.last, None);
+    // As the server's API would show it.
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(
+        json["spec"],
+        serde_json::json!({"expression": "*/5 * * * *", "time_zone": "UTC"})
+    );
+    assert_eq!(json["missed"], "skip");
+    assert_eq!(serde_json::from_value::<CronInfo>(json).unwrap(), info);
+    assert_eq!(serde_json::to_value(Missed::CatchUpOne).unwrap(), "catch-up-one");
     assert_eq!(
         fired(&mut rx, 2).await,
         times(&["2026-01-01T00:05:00Z", "2026-01-01T00:10:00Z"])

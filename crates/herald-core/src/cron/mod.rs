@@ -241,7 +241,8 @@ pub struct CronInfo {
     /// The latest tick fired: the last this runtime fired, or else the latest due tick whose
     /// event the store holds (fired by another node or before a restart).
     pub last: Option<CronRun>,
-    /// Why this runtime's last attempt to publish a tick failed, if it did.
+    /// Why this runtime's latest attempt to publish a tick failed, if it did (cleared by the next
+    /// tick published).
     pub last_error: Option<String>,
 }
 

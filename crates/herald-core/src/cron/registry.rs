@@ -326,7 +326,11 @@ async fn fire(inner: &Inner, config: &Config, status: &Mutex<Status>, tick: Time
         match inner.publish_one(config.message(tick), Room::Wait).await {
             Ok(published) => {
                 let id = published.id();
-                lock_status(status).last = Some((tick, id));
+                {
+                    let mut status = lock_status(status);
+                    status.last = Some((tick, id));
+                    status.last_error = None;
+                }
                 if let Published::Stored { .. } = published {
                     let executed = CronTaskExecuted {
                         name: config.name.clone(),
