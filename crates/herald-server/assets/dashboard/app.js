@@ -157,7 +157,7 @@ function fmtRate(v) {
   if (v >= 10000) return `${(v / 1000).toFixed(0)}k`;
   if (v >= 1000) return `${(v / 1000).toFixed(1)}k`;
   if (v >= 100) return v.toFixed(0);
-  if (v >= 10) return v.toFixed(1).replace(/\.0$/, "");
+  if (v >= 1) return v.toFixed(1).replace(/\.0$/, "");
   return v.toFixed(2).replace(/\.?0+$/, "");
 }
 
@@ -613,7 +613,7 @@ function eventRow(e) {
           el("span", { class: "chip", style: { "--c": color(d.status) }, title: `${d.subscription}: ${d.status}` }, el("i"), d.subscription),
         ),
       )
-    : el("span", { class: "muted" }, "no subscription");
+    : el("span", { class: "muted small" }, "no subscription");
   const when = e.status === "scheduled" ? `due ${fmtRelative(e.deliver_at)}` : fmtRelative(e.published_at);
   return el(
     "tr",
