@@ -45,6 +45,9 @@
 //! | feature | module | store |
 //! |---|---|---|
 //! | `sqlite` | `herald::sqlite` | the embedded durable store: one SQLite file, no server (`Herald::builder().sqlite("herald.db")`) |
+//! | `redis` | `herald::redis` | Redis or Valkey, shared by any number of processes (`Herald::builder().redis("redis://127.0.0.1:6379")`) |
+//! | `postgres` | `herald::postgres` | PostgreSQL, shared by any number of processes (`Herald::builder().postgres("postgres://app@db/app")`) |
+//!
 //! - Cron schedules (feature `cron`): `herald.cron("nightly-report", "0 3 * * *")` publishes one
 //!   event per tick across every node that shares the store (module `herald::cron`).
 //! - Topics are dotted lowercase names (`order.paid`); patterns add `*` (one segment) and a final
@@ -67,4 +70,36 @@ pub use herald_core::*;
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
     pub use herald_sqlite::{OpenError, SqliteBuilderExt, SqliteStore, SqliteStoreBuilder};
+}
+
+/// A Redis (or Valkey) store that any number of processes share: due-ordered sorted sets, Lua
+/// scripts for atomic claims and completions, pub/sub wakeups.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald::Error> {
+/// use herald::redis::RedisBuilderExt;
+/// use herald::Herald;
+///
+/// let herald = Herald::builder().redis("redis://127.0.0.1:6379").build().await?;
+/// # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+/// ```
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use herald_redis::{ConnectError, RedisBuilderExt, RedisStore, RedisStoreBuilder};
+}
+
+/// A PostgreSQL store that any number of processes share: `SKIP LOCKED` claims, LISTEN/NOTIFY
+/// wakeups, migrations on connect.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald::Error> {
+/// use herald::postgres::PostgresBuilderExt;
+/// use herald::Herald;
+///
+/// let herald = Herald::builder().postgres("postgres://postgres@127.0.0.1/test").build().await?;
+/// # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use herald_postgres::{ConnectError, PostgresBuilderExt, PostgresStore, PostgresStoreBuilder};
 }
