@@ -103,4 +103,8 @@ pub enum Error {
     /// Building the runtime failed.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// A cron schedule was refused or could not be changed.
+    #[cfg(feature = "cron")]
+    #[error(transparent)]
+    Cron(#[from] crate::cron::CronError),
 }
