@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: the `herald` binary serves it, headless Chromium (driven by
 //! playwright-core, tests/browser/dashboard.mjs) signs in with the token, sees an event published
-//! through the API, retries a dead delivery with a click, pauses a subscription, filters the list
-//! and takes a screenshot, whose path is printed as `ARTIFACT screenshot=<path>`.
+//! through the API, cancels a scheduled one, retries a dead delivery with a click, pauses a
+//! subscription, filters the list and takes a screenshot, whose path is printed as
+//! `ARTIFACT screenshot=<path>`.
 //!
 //! Needs Debian's `chromium` and `npm ci` in tests/browser. Without them the test says SKIP and
 //! passes, unless `HERALD_REQUIRE_BROWSER=1` (as in CI), when it fails.
@@ -134,11 +135,12 @@ fn refused_port() -> u16 {
         .port()
 }
 
-/// What the browser checks: an event, and a dead delivery of another.
+/// What the browser checks: an event, a dead delivery of another, and a scheduled one to cancel.
 struct Seeded {
     event: String,
     dead_event: String,
     dead_delivery: String,
+    scheduled_event: String,
 }
 
 /// A webhook receiver on loopback that takes every delivery (answers 200).
@@ -218,7 +220,8 @@ async fn seed(api: &Api) -> Seeded {
     let dead_delivery = dead["delivery_id"].as_str().unwrap().to_owned();
     let dead_event = dead["event"]["id"].as_str().unwrap().to_owned();
 
-    api.publish(json!({"topic": "order.reminder", "payload": {"order": 7101}, "delay_ms": 3_600_000}))
+    let scheduled_event = api
+        .publish(json!({"topic": "order.reminder", "payload": {"order": 7101}, "delay_ms": 3_600_000}))
         .await;
     api.publish(json!({"topic": "shipment.ready", "payload": {"order": 7102, "carrier": "dhl"}}))
         .await;
@@ -233,6 +236,7 @@ async fn seed(api: &Api) -> Seeded {
         event,
         dead_event,
         dead_delivery,
+        scheduled_event,
     }
 }
 
@@ -284,6 +288,7 @@ async fn the_dashboard_shows_an_event_and_retries_a_dead_delivery_in_chromium() 
         .env("HERALD_EVENT", &seeded.event)
         .env("HERALD_DEAD_EVENT", &seeded.dead_event)
         .env("HERALD_DEAD_DELIVERY", &seeded.dead_delivery)
+        .env("HERALD_SCHEDULED_EVENT", &seeded.scheduled_event)
         .env("HERALD_CHROMIUM", &browser.chromium)
         .env("HERALD_SCREENSHOT", &screenshot)
         .stdin(Stdio::null())
@@ -302,6 +307,8 @@ async fn the_dashboard_shows_an_event_and_retries_a_dead_delivery_in_chromium() 
     let delivery = &event["deliveries"][0];
     assert_eq!(delivery["id"], seeded.dead_delivery.as_str());
     assert_ne!(delivery["status"], "dead", "{event}");
+    let cancelled = api.get(&format!("/v1/events/{}", seeded.scheduled_event)).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     let sub = api.get("/v1/subscriptions/audit-hook").await;
     assert_eq!(sub["paused"], true, "{sub}");
     let png = std::fs::read(&screenshot).unwrap();

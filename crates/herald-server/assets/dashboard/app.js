@@ -22,6 +22,7 @@ const state = {
   lastListed: 0,
   listSignature: "",
   samplesSinceSubs: 0,
+  armed: false,
 };
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -657,6 +658,8 @@ function closeDetail() {
 // The detail pane
 
 async function loadDetail(id, { quiet = false } = {}) {
+  // A live refresh must not disarm a button waiting for its confirming click.
+  if (quiet && state.armed) return;
   let event;
   try {
     event = await api(`/v1/events/${encodeURIComponent(id)}`);
@@ -768,13 +771,15 @@ function outcomeBadge(outcome) {
 /** A button that asks for a second click within 3 s before it acts. */
 function confirmButton(label, confirmLabel, action) {
   let armed = null;
-  const button = el("button", { type: "button", class: "danger small" }, label);
+  const button = el("button", { type: "button", class: "danger small", dataset: { action: "cancel" } }, label);
   button.addEventListener("click", async () => {
     if (!armed) {
       button.textContent = confirmLabel;
       button.classList.add("confirm");
+      state.armed = true;
       armed = setTimeout(() => {
         armed = null;
+        state.armed = false;
         button.textContent = label;
         button.classList.remove("confirm");
       }, 3000);
@@ -782,6 +787,7 @@ function confirmButton(label, confirmLabel, action) {
     }
     clearTimeout(armed);
     armed = null;
+    state.armed = false;
     button.disabled = true;
     await action();
   });

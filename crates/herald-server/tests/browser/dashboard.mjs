@@ -1,11 +1,12 @@
-// Drives headless Chromium through the herald dashboard: sign in, see an event, retry a dead
-// delivery, pause a subscription, filter the list, take a screenshot. tests/browser.rs starts the
+// Drives headless Chromium through the herald dashboard: sign in, see an event, cancel one, retry
+// a dead delivery, pause a subscription, filter the list, take a screenshot. tests/browser.rs starts the
 // server, makes the data and runs this script with:
 //   HERALD_URL         the server's base URL
 //   HERALD_TOKEN       the bearer token the page must ask for
 //   HERALD_EVENT       an event published through the API: it must show in the list
 //   HERALD_DEAD_EVENT  an event whose delivery HERALD_DEAD_DELIVERY is dead: retried with a click
 //   HERALD_DEAD_DELIVERY
+//   HERALD_SCHEDULED_EVENT  an event due in an hour: cancelled with a click (and a confirming one)
 //   HERALD_CHROMIUM    the browser executable
 //   HERALD_SCREENSHOT  where to save the PNG
 // Each step waits for what it needs with a deadline; any failure exits non-zero with a message.
@@ -24,6 +25,7 @@ const token = need("HERALD_TOKEN");
 const eventId = need("HERALD_EVENT");
 const deadEvent = need("HERALD_DEAD_EVENT");
 const deadDelivery = need("HERALD_DEAD_DELIVERY");
+const scheduledEvent = need("HERALD_SCHEDULED_EVENT");
 const executablePath = need("HERALD_CHROMIUM");
 const screenshot = need("HERALD_SCREENSHOT");
 const STEP = 20000;
@@ -77,6 +79,13 @@ try {
   step("live: the stream is connected and the tiles have counts");
   await page.locator('#live[data-state="live"]').waitFor();
   await page.waitForFunction(() => document.querySelector('.tile[data-status="events"] .value').textContent !== "–");
+
+  step("cancel the scheduled event: a click, and a second to confirm");
+  await page.locator(`#events tbody tr[data-event="${scheduledEvent}"]`).click();
+  const cancel = page.locator('#detail button[data-action="cancel"]');
+  await cancel.click();
+  await page.locator('#detail button[data-action="cancel"].confirm').click();
+  await page.locator('#detail .detail-head .badge[data-status="cancelled"]').waitFor();
 
   step("open the dead event and retry its delivery with a click");
   await page.locator(`#events tbody tr[data-event="${deadEvent}"]`).click();
