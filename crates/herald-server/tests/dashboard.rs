@@ -46,7 +46,7 @@ async fn the_page_and_its_assets_are_served_with_their_types() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_history_has_a_point_a_second_with_throughput() {
+async fn the_history_has_a_point_a_second_with_throughput_and_lateness() {
     let s = start(config()).await;
     s.post("/v1/subscriptions", json!({"name": "charted", "pattern": "chart.*"}))
         .await;
@@ -86,6 +86,28 @@ async fn the_history_has_a_point_a_second_with_throughput() {
         history["stats"]["deliveries"]["pending"].as_u64().unwrap() >= 2,
         "{history}"
     );
+
+    // A claim starts attempts: their lateness shows in a later point.
+    let (status, claimed) = s
+        .post("/v1/subscriptions/charted/claim", json!({"max": 100, "wait_ms": 1000}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert!(!claimed["items"].as_array().unwrap().is_empty(), "{claimed}");
+    let lateness = eventually("a point with lateness", || async {
+        let (_, history) = s.get("/v1/stats/history").await;
+        history["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|p| p["lateness"].as_object().cloned())
+    })
+    .await;
+    assert!(lateness["count"].as_u64().unwrap() >= 1, "{lateness:?}");
+    let (mean, p99) = (
+        lateness["mean_ms"].as_f64().unwrap(),
+        lateness["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(mean >= 0.0 && p99 >= 0.0, "{lateness:?}");
     s.stop().await;
 }
 
