@@ -14,6 +14,7 @@ pub(crate) struct Statements {
     pub(crate) declare: String,
     pub(crate) remove: String,
     pub(crate) publish: String,
+    pub(crate) notify: String,
     pub(crate) key_holders: String,
     pub(crate) claim: String,
     pub(crate) extend: String,
@@ -27,6 +28,14 @@ pub(crate) struct Statements {
     pub(crate) stats: String,
     pub(crate) purge: String,
 }
+
+/// A one-row subquery that makes the statement's transaction commit without waiting for its WAL
+/// to reach the disk (`synchronous_commit = off` for this transaction alone). For claims and
+/// lease extensions only: losing one to a server crash only makes its delivery claimable again,
+/// as its lease running out would (fencing tokens are random, so a claim made again after a crash
+/// never repeats a lost claim's token), and the next synchronous commit (an outcome, a publish)
+/// flushes the WAL up to it anyway.
+const ASYNC: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
 
 /// How an event's counters change when `{n}` of its deliveries end with the status `{m}`.
 fn ended(n: &str, m: &str, now: &str) -> String {
@@ -80,9 +89,9 @@ impl Statements {
                            CASE WHEN ins.deliver_at <= $13::int8 THEN 6 ELSE 5 END,
                            ins.priority, ins.deliver_at, ins.expires_at
                       FROM ins JOIN input i ON i.id = ins.id JOIN routed r ON r.ord = i.ord
-                    RETURNING due),
-                 wake AS (SELECT pg_notify($14::text, $15::text || min(due)::text) FROM dl HAVING count(*) > 0)
-                 SELECT ins.id, ins.open_deliveries, (SELECT count(*) FROM wake) FROM ins"),
+                    RETURNING due)
+                 SELECT ins.id, ins.open_deliveries FROM ins"),
+            notify: "SELECT pg_notify($1, $2)".to_owned(),
             key_holders: r("SELECT key, id FROM {s}.events WHERE key = ANY($1)"),
             claim: r(&format!(
                 "WITH s AS (SELECT id FROM {{s}}.subscriptions WHERE name = $1 AND NOT removed),
@@ -109,7 +118,8 @@ impl Statements {
                  chosen AS (SELECT id, status FROM (SELECT * FROM a UNION ALL SELECT * FROM b UNION ALL SELECT * FROM c) u
                              ORDER BY priority DESC, due LIMIT $3),
                  claimed AS (UPDATE {{s}}.deliveries d
-                                SET status = 8, attempts = d.attempts + 1, token = d.token + 1, lease_until = $4::int8
+                                SET status = 8, attempts = d.attempts + 1, lease_until = $4::int8,
+                                    token = floor(random() * 9007199254740991)::int8 + 1
                                FROM chosen WHERE d.id = chosen.id
                              RETURNING d.id, d.event, chosen.status AS was, d.attempts, d.token, d.due, d.priority),
                  promoted AS (UPDATE {{s}}.deliveries d SET status = 6
@@ -125,14 +135,17 @@ impl Statements {
                  closed AS (UPDATE {{s}}.events e SET {}
                               FROM (SELECT event, count(*) AS n FROM expired GROUP BY event) g WHERE e.seq = g.event)
                  SELECT s.id, cl.id, cl.attempts, cl.token, cl.due, cl.priority, {{EVENT_COLUMNS}}
-                   FROM s LEFT JOIN (claimed cl JOIN {{s}}.events e ON e.seq = cl.event) ON true
+                   FROM s CROSS JOIN {ASYNC}
+                   LEFT JOIN (claimed cl JOIN {{s}}.events e ON e.seq = cl.event) ON true
                   ORDER BY cl.priority DESC, cl.due",
                 ended("g.n", "2", "$2::int8")
             )),
-            extend: r("UPDATE {s}.deliveries d SET lease_until = $3::int8
-                         FROM unnest($1::uuid[], $2::int8[]) AS l(id, token)
-                        WHERE d.id = l.id AND d.token = l.token AND d.status = 8
-                       RETURNING d.id, d.token"),
+            extend: r(&format!(
+                "UPDATE {{s}}.deliveries d SET lease_until = $3::int8
+                   FROM unnest($1::uuid[], $2::int8[]) AS l(id, token), {ASYNC}
+                  WHERE d.id = l.id AND d.token = l.token AND d.status = 8
+                 RETURNING d.id, d.token"
+            )),
             complete: r(&format!(
                 "WITH o AS (SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int2[], $5::int8[],
                                                 $6::text[], $7::bytea[])
