@@ -201,8 +201,8 @@ pub(crate) fn record(v: Value, now: Timestamp) -> Result<EventRecord, StoreError
     for d in array(ds)? {
         let mut f = array(d)?.into_iter();
         let mut next = || f.next().unwrap_or(Value::Nil);
-        let (did, sub, st, att, due, err, rep, attempts) =
-            (next(), next(), next(), next(), next(), next(), next(), next());
+        let (did, sub, st, att, due, err, rep, started, attempts) =
+            (next(), next(), next(), next(), next(), next(), next(), next(), next());
         let did = DeliveryId::from_uuid(parse_uuid(&bytes(did)?)?);
         let sub = SubscriptionName::new(&string(sub)?).map_err(corrupt)?;
         let due = Timestamp::from_millis(int(due)?);
@@ -215,6 +215,13 @@ pub(crate) fn record(v: Value, now: Timestamp) -> Result<EventRecord, StoreError
         r.last_error = opt_bytes(err)?.map(|b| String::from_utf8_lossy(&b).into_owned());
         r.reply = opt_bytes(rep)?.map(Bytes::from);
         r.attempts = array(attempts)?.into_iter().map(attempt).collect::<Result<_, _>>()?;
+        // Only finished attempts are listed: the running one lives on the delivery until it ends.
+        if status == DeliveryStatus::Active {
+            if let Some(started) = opt_bytes(started)? {
+                r.attempts
+                    .push(Attempt::started(r.attempt_count, millis(&started, "ts")?));
+            }
+        }
         deliveries.push(r);
     }
     Ok(EventRecord::new(event, deliveries))

@@ -54,9 +54,9 @@
 //! | --- | --- | --- |
 //! | `{p}:subs` | hash | subscription name → pattern |
 //! | `{p}:subsver` | string | bumped on every routing change |
-//! | `{p}:e:<event id>` | hash | the event (`top`, `pay`, `pr`, `pub`, `dl`, `ex`, `ct`, `src`, `hd`, `key`, `rt`), its deliveries `ds`, `open` count, `fin` time |
-//! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `tok` (lease token), `lu` (lease end), `err`, `rep` |
-//! | `{p}:a:<delivery id>` | list | attempts, `number|started|finished|outcome|error` |
+//! | `{p}:e:<event id>` | hash | the event (`top`, `pay`, `pr`, `pub`, `dl`, `ex`, `ct`, `src`, `hd`, `key`, `rt`), its deliveries `ds`, `open` count |
+//! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `ex` and `rt` (the event's expiry and request flag), `tok` (lease token), `lu` (lease end), `ts` (start of the running attempt), `err`, `rep` |
+//! | `{p}:a:<delivery id>` | list | finished attempts, `number|started|finished|outcome|error` |
 //! | `{p}:s:<sub>:sched` | zset | scheduled and retrying deliveries by due ms |
 //! | `{p}:s:<sub>:ready` | zset | due deliveries by `(10 - priority) * 2^42 + due ms`: priority first, then due time |
 //! | `{p}:s:<sub>:lease` | zset | leased deliveries by lease end |
@@ -113,6 +113,7 @@ use herald_core::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, ScriptInvocation, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use codec::{array, bytes, corrupt, int, string};
 use scripts::Scripts;
@@ -221,8 +222,15 @@ impl RedisStoreBuilder {
         let node = format!("{:016x}", fastrand::u64(..));
         let hub = Arc::new(WakeupHub::new());
         let first = wake::subscribe(&client, &channel).await.map_err(unreachable)?;
-        let listener = tokio::spawn(wake::listen(client, first, channel, node.clone(), Arc::downgrade(&hub)));
-        Ok(RedisStore {
+        let listener = tokio::spawn(wake::listen(
+            client,
+            first,
+            channel,
+            node.clone(),
+            clock,
+            Arc::downgrade(&hub),
+        ));
+        let ctx = Arc::new(Ctx {
             conn,
             scripts: Scripts::new(),
             counts_key: format!("{tag}:counts"),
@@ -231,7 +239,14 @@ impl RedisStoreBuilder {
             clock,
             hub,
             routes: Mutex::new(None),
+        });
+        let (publishes, queue) = mpsc::unbounded_channel();
+        let publisher = tokio::spawn(publish_batches(ctx.clone(), queue));
+        Ok(RedisStore {
+            ctx,
+            publishes,
             _listener: wake::AbortOnDrop(listener),
+            _publisher: wake::AbortOnDrop(publisher),
         })
     }
 }
@@ -254,6 +269,14 @@ struct Routes {
 /// # herald.shutdown(std::time::Duration::from_secs(1)).await; Ok(()) }
 /// ```
 pub struct RedisStore {
+    ctx: Arc<Ctx>,
+    publishes: mpsc::UnboundedSender<PublishJob>,
+    _listener: wake::AbortOnDrop,
+    _publisher: wake::AbortOnDrop,
+}
+
+/// What every call needs: the connection, the scripts, the namespace and the clock.
+struct Ctx {
     conn: ConnectionManager,
     scripts: Scripts,
     tag: String,
@@ -262,17 +285,29 @@ pub struct RedisStore {
     clock: Clock,
     hub: Arc<WakeupHub>,
     routes: Mutex<Option<Arc<Routes>>>,
-    _listener: wake::AbortOnDrop,
 }
+
+/// Publishes waiting for the publisher task, which sends all that queued up meanwhile in one
+/// script call (group commit: the per-call cost of a script is most of a single publish's).
+struct PublishJob {
+    events: Vec<Event>,
+    done: oneshot::Sender<Result<Vec<Published>, StoreError>>,
+}
+
+/// The most events the publisher sends in one script call.
+const PUBLISH_BATCH: usize = 256;
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("namespace", &self.tag)
-            .field("node", &self.node)
+            .field("namespace", &self.ctx.tag)
+            .field("node", &self.ctx.node)
             .finish_non_exhaustive()
     }
 }
+
+/// The most deliveries one claim hands out (a script's arguments and replies stay bounded).
+const MAX_CLAIM: usize = 1000;
 
 /// How many finished events one purge script removes before the next call.
 const PURGE_BATCH: usize = 500;
@@ -312,7 +347,7 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub fn namespace(&self) -> &str {
-        &self.tag
+        &self.ctx.tag
     }
 
     /// Deletes every key of this store's namespace (events, deliveries, subscriptions): for tests
@@ -325,8 +360,8 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub async fn destroy(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        let pattern = format!("{}:*", self.tag);
+        let mut conn = self.ctx.conn.clone();
+        let pattern = format!("{}:*", self.ctx.tag);
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
@@ -352,8 +387,76 @@ impl RedisStore {
             }
             cursor = next;
         }
-        *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.ctx.routes.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(deleted)
+    }
+}
+
+impl Ctx {
+    /// Publishes `events` in one script call (a retry when the subscriptions changed meanwhile).
+    async fn publish(&self, events: &[Event]) -> Result<Vec<Published>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        for _ in 0..16 {
+            let routes = self.routes().await?;
+            let now = self.clock.now();
+            let mut inv = self.invocation(&self.scripts.publish, now);
+            inv.arg(&routes.version).arg(events.len());
+            for e in events {
+                inv.arg(codec::event_key(e.id()))
+                    .arg(e.key().unwrap_or(""))
+                    .arg(e.deliver_at().as_millis())
+                    .arg(e.priority().get())
+                    .arg(e.expires_at().map(|t| t.as_millis().to_string()).unwrap_or_default())
+                    .arg(if e.reply_to().is_some() { "1" } else { "0" });
+                let fields = codec::event_fields(e);
+                inv.arg(fields.len() * 2);
+                for (k, v) in fields {
+                    inv.arg(k).arg(v);
+                }
+                let matched: Vec<&String> = routes
+                    .subs
+                    .iter()
+                    .filter(|(_, p)| p.matches(e.topic()))
+                    .map(|(n, _)| n)
+                    .collect();
+                inv.arg(matched.len());
+                for name in matched {
+                    inv.arg(name).arg(codec::delivery_key(DeliveryId::new()));
+                }
+            }
+            let mut out = array(self.run(&inv).await?)?.into_iter();
+            match string(out.next().unwrap_or(Value::Nil))?.as_str() {
+                "ROUTES" => {
+                    self.forget_routes();
+                    continue;
+                }
+                "OK" => {}
+                other => return Err(corrupt(format!("publish answered '{other}'"))),
+            }
+            self.wake_local(out.next().unwrap_or(Value::Nil))?;
+            let mut published = Vec::with_capacity(events.len());
+            for e in events {
+                let (Some(kind), Some(value)) = (out.next(), out.next()) else {
+                    return Err(corrupt("publish answered fewer entries than events"));
+                };
+                published.push(match string(kind)?.as_str() {
+                    "S" => Published::Stored {
+                        id: e.id(),
+                        deliveries: u32::try_from(int(value)?).unwrap_or(0),
+                    },
+                    _ => Published::Duplicate {
+                        id: EventId::from_uuid(codec::parse_uuid(&bytes(value)?)?),
+                    },
+                });
+            }
+            return Ok(published);
+        }
+        Err(StoreError::Unavailable {
+            message: "subscriptions kept changing while publishing; try again".into(),
+            source: None,
+        })
     }
 
     /// A script call with the common arguments (namespace, now, node) in place.
@@ -375,7 +478,7 @@ impl RedisStore {
 
     fn wake_local(&self, wakes: Value) -> Result<(), StoreError> {
         let wakes = array(wakes)?.into_iter().map(bytes).collect::<Result<Vec<_>, _>>()?;
-        wake::deliver_local(&self.hub, wakes);
+        wake::deliver_local(&self.hub, &self.clock, wakes);
         Ok(())
     }
 
@@ -437,7 +540,7 @@ fn millis(d: Duration) -> i64 {
 #[async_trait]
 impl Store for RedisStore {
     fn clock(&self) -> Clock {
-        self.clock
+        self.ctx.clock
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -445,18 +548,18 @@ impl Store for RedisStore {
     }
 
     async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError> {
-        let mut inv = self.invocation(&self.scripts.declare, self.clock.now());
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.declare, self.ctx.clock.now());
         inv.arg(subscription.name.as_str()).arg(subscription.pattern.as_str());
-        self.run(&inv).await?;
-        self.forget_routes();
+        self.ctx.run(&inv).await?;
+        self.ctx.forget_routes();
         Ok(())
     }
 
     async fn remove_subscription(&self, subscription: &SubscriptionName) -> Result<u64, StoreError> {
-        let mut inv = self.invocation(&self.scripts.remove, self.clock.now());
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.remove, self.ctx.clock.now());
         inv.arg(subscription.as_str());
-        let n = int(self.run(&inv).await?)?;
-        self.forget_routes();
+        let n = int(self.ctx.run(&inv).await?)?;
+        self.ctx.forget_routes();
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -464,65 +567,16 @@ impl Store for RedisStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        for _ in 0..16 {
-            let routes = self.routes().await?;
-            let now = self.clock.now();
-            let mut inv = self.invocation(&self.scripts.publish, now);
-            inv.arg(&routes.version).arg(events.len());
-            for e in &events {
-                inv.arg(codec::event_key(e.id()))
-                    .arg(e.key().unwrap_or(""))
-                    .arg(e.deliver_at().as_millis())
-                    .arg(e.priority().get())
-                    .arg(e.expires_at().map(|t| t.as_millis().to_string()).unwrap_or_default())
-                    .arg(if e.reply_to().is_some() { "1" } else { "0" });
-                let fields = codec::event_fields(e);
-                inv.arg(fields.len() * 2);
-                for (k, v) in fields {
-                    inv.arg(k).arg(v);
-                }
-                let matched: Vec<&String> = routes
-                    .subs
-                    .iter()
-                    .filter(|(_, p)| p.matches(e.topic()))
-                    .map(|(n, _)| n)
-                    .collect();
-                inv.arg(matched.len());
-                for name in matched {
-                    inv.arg(name).arg(codec::delivery_key(DeliveryId::new()));
-                }
-            }
-            let mut out = array(self.run(&inv).await?)?.into_iter();
-            match string(out.next().unwrap_or(Value::Nil))?.as_str() {
-                "ROUTES" => {
-                    self.forget_routes();
-                    continue;
-                }
-                "OK" => {}
-                other => return Err(corrupt(format!("publish answered '{other}'"))),
-            }
-            self.wake_local(out.next().unwrap_or(Value::Nil))?;
-            let mut published = Vec::with_capacity(events.len());
-            for e in &events {
-                let (Some(kind), Some(value)) = (out.next(), out.next()) else {
-                    return Err(corrupt("publish answered fewer entries than events"));
-                };
-                published.push(match string(kind)?.as_str() {
-                    "S" => Published::Stored {
-                        id: e.id(),
-                        deliveries: u32::try_from(int(value)?).unwrap_or(0),
-                    },
-                    _ => Published::Duplicate {
-                        id: EventId::from_uuid(codec::parse_uuid(&bytes(value)?)?),
-                    },
-                });
-            }
-            return Ok(published);
-        }
-        Err(StoreError::Unavailable {
-            message: "subscriptions kept changing while publishing; try again".into(),
+        let (done, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable {
+            message: "the store's publisher stopped (its runtime is shutting down)".into(),
             source: None,
-        })
+        };
+        self.publishes.send(PublishJob { events, done }).map_err(|_| gone())?;
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(gone()),
+        }
     }
 
     async fn claim(
@@ -534,18 +588,19 @@ impl Store for RedisStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let now = self.clock.now();
+        let max = max.min(MAX_CLAIM);
+        let now = self.ctx.clock.now();
         let lease_ms = millis(lease);
         let lease_until = Timestamp::from_millis(now.as_millis().saturating_add(lease_ms));
-        let mut inv = self.invocation(&self.scripts.claim, now);
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.claim, now);
         inv.arg(subscription.as_str()).arg(max).arg(lease_ms);
-        let mut out = array(self.run(&inv).await?)?.into_iter();
+        let mut out = array(self.ctx.run(&inv).await?)?.into_iter();
         match string(out.next().unwrap_or(Value::Nil))?.as_str() {
             "OK" => {}
             "UNKNOWN" => return Err(StoreError::UnknownSubscription(subscription.clone())),
             other => return Err(corrupt(format!("claim answered '{other}'"))),
         }
-        self.wake_local(out.next().unwrap_or(Value::Nil))?;
+        self.ctx.wake_local(out.next().unwrap_or(Value::Nil))?;
         let mut claimed = Vec::with_capacity(out.len());
         for entry in out {
             let mut f = array(entry)?.into_iter();
@@ -575,12 +630,12 @@ impl Store for RedisStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = self.invocation(&self.scripts.extend, self.clock.now());
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.extend, self.ctx.clock.now());
         inv.arg(millis(lease));
         for l in leases {
             inv.arg(codec::delivery_key(l.delivery)).arg(l.token.to_string());
         }
-        array(self.run(&inv).await?)?
+        array(self.ctx.run(&inv).await?)?
             .into_iter()
             .map(|v| int(v).map(|n| n == 1))
             .collect()
@@ -590,7 +645,7 @@ impl Store for RedisStore {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = self.invocation(&self.scripts.complete, self.clock.now());
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.complete, self.ctx.clock.now());
         for o in &outcomes {
             let (kind, a, b) = verdict_args(&o.verdict)?;
             inv.arg(codec::delivery_key(o.lease.delivery))
@@ -600,8 +655,8 @@ impl Store for RedisStore {
                 .arg(a)
                 .arg(b);
         }
-        let mut out = array(self.run(&inv).await?)?.into_iter();
-        self.wake_local(out.next().unwrap_or(Value::Nil))?;
+        let mut out = array(self.ctx.run(&inv).await?)?.into_iter();
+        self.ctx.wake_local(out.next().unwrap_or(Value::Nil))?;
         out.map(|v| int(v).map(|n| if n == 1 { Completion::Applied } else { Completion::Stale }))
             .collect()
     }
@@ -611,9 +666,9 @@ impl Store for RedisStore {
             CancelAs::Cancelled => DeliveryStatus::Cancelled,
             CancelAs::Expired => DeliveryStatus::Expired,
         };
-        let mut inv = self.invocation(&self.scripts.cancel, self.clock.now());
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.cancel, self.ctx.clock.now());
         inv.arg(codec::event_key(id)).arg(to.as_str());
-        Ok(match int(self.run(&inv).await?)? {
+        Ok(match int(self.ctx.run(&inv).await?)? {
             n if n < 0 => Cancelled::NotFound,
             0 => Cancelled::TooLate,
             n => Cancelled::Ended(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -621,9 +676,9 @@ impl Store for RedisStore {
     }
 
     async fn requeue(&self, id: DeliveryId) -> Result<Requeued, StoreError> {
-        let mut inv = self.invocation(&self.scripts.requeue, self.clock.now());
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.requeue, self.ctx.clock.now());
         inv.arg(codec::delivery_key(id));
-        let mut out = array(self.run(&inv).await?)?.into_iter();
+        let mut out = array(self.ctx.run(&inv).await?)?.into_iter();
         let kind = string(out.next().unwrap_or(Value::Nil))?;
         match kind.as_str() {
             "NOTFOUND" => Ok(Requeued::NotFound),
@@ -631,7 +686,7 @@ impl Store for RedisStore {
                 out.next().unwrap_or(Value::Nil),
             )?)?)),
             _ => {
-                self.wake_local(out.next().unwrap_or(Value::Nil))?;
+                self.ctx.wake_local(out.next().unwrap_or(Value::Nil))?;
                 Ok(Requeued::Requeued)
             }
         }
@@ -645,34 +700,34 @@ impl Store for RedisStore {
         if subscriptions.is_empty() {
             return Ok(None);
         }
-        let mut inv = self.invocation(&self.scripts.next_due, self.clock.now());
+        let mut inv = self.ctx.invocation(&self.ctx.scripts.next_due, self.ctx.clock.now());
         inv.arg(after.as_millis());
         for s in subscriptions {
             inv.arg(s.as_str());
         }
-        match self.run(&inv).await? {
+        match self.ctx.run(&inv).await? {
             Value::Nil => Ok(None),
             v => Ok(Some(Timestamp::from_millis(int(v)?))),
         }
     }
 
     fn wakeups(&self) -> BoxStream<'static, Wakeup> {
-        self.hub.subscribe()
+        self.ctx.hub.subscribe()
     }
 
     async fn query(&self, filter: &EventFilter, page: PageRequest) -> Result<Page<EventRecord>, StoreError> {
         let limit = page.limit.clamp(1, PageRequest::MAX_LIMIT) as usize;
         let mut items = Vec::new();
-        let mut conn = self.conn.clone();
+        let mut conn = self.ctx.conn.clone();
         if let Some(key) = &filter.key {
             // A key names at most one live event: look it up instead of scanning.
             let held: Option<String> = redis::cmd("GET")
-                .arg(format!("{}:k:{key}", self.tag))
+                .arg(format!("{}:k:{key}", self.ctx.tag))
                 .query_async(&mut conn)
                 .await
                 .map_err(StoreError::unavailable)?;
             let held = held.filter(|id| page.after.is_none_or(|a| id.as_str() < codec::event_key(a).as_str()));
-            for r in self.read(held.as_slice(), false).await? {
+            for r in self.ctx.read(held.as_slice(), false).await? {
                 if filter.matches(&r) {
                     items.push(r);
                 }
@@ -687,7 +742,7 @@ impl Store for RedisStore {
                 None => "+".to_owned(),
             };
             let ids: Vec<String> = redis::cmd("ZRANGE")
-                .arg(format!("{}:events", self.tag))
+                .arg(format!("{}:events", self.ctx.tag))
                 .arg(max)
                 .arg("-")
                 .arg("BYLEX")
@@ -699,7 +754,7 @@ impl Store for RedisStore {
                 .await
                 .map_err(StoreError::unavailable)?;
             let Some(last) = ids.last().cloned() else { break };
-            for r in self.read(&ids, false).await? {
+            for r in self.ctx.read(&ids, false).await? {
                 if filter.matches(&r) {
                     items.push(r);
                     if items.len() > limit {
@@ -716,13 +771,13 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
-        Ok(self.read(&[codec::event_key(id)], true).await?.pop())
+        Ok(self.ctx.read(&[codec::event_key(id)], true).await?.pop())
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
-        let inv = self.invocation(&self.scripts.stats, self.clock.now());
+        let inv = self.ctx.invocation(&self.ctx.scripts.stats, self.ctx.clock.now());
         let mut stats = Stats::default();
-        let mut items = array(self.run(&inv).await?)?.into_iter();
+        let mut items = array(self.ctx.run(&inv).await?)?.into_iter();
         while let (Some(k), Some(v)) = (items.next(), items.next()) {
             let n = u64::try_from(int(v)?).unwrap_or(0);
             match string(k)?.as_str() {
@@ -741,9 +796,9 @@ impl Store for RedisStore {
     async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut removed = 0;
         loop {
-            let mut inv = self.invocation(&self.scripts.purge, self.clock.now());
+            let mut inv = self.ctx.invocation(&self.ctx.scripts.purge, self.ctx.clock.now());
             inv.arg(before.as_millis()).arg(PURGE_BATCH);
-            let n = usize::try_from(int(self.run(&inv).await?)?).unwrap_or(0);
+            let n = usize::try_from(int(self.ctx.run(&inv).await?)?).unwrap_or(0);
             removed += n as u64;
             if n < PURGE_BATCH {
                 return Ok(removed);
@@ -753,5 +808,61 @@ impl Store for RedisStore {
 
     fn backlog(&self) -> Option<u64> {
         None
+    }
+}
+
+/// Sends queued publishes in batches: one script call for everything that queued up while the
+/// previous call ran. Runs until the store is dropped.
+async fn publish_batches(ctx: Arc<Ctx>, mut queue: mpsc::UnboundedReceiver<PublishJob>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        let mut count = jobs[0].events.len();
+        while count < PUBLISH_BATCH {
+            match queue.try_recv() {
+                Ok(job) => {
+                    count += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if jobs.len() == 1 {
+            let job = jobs.remove(0);
+            let _ = job.done.send(ctx.publish(&job.events).await);
+            continue;
+        }
+        let events: Vec<Event> = jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
+        match ctx.publish(&events).await {
+            Ok(published) => {
+                let mut rest = published.into_iter();
+                for job in jobs {
+                    let mine: Vec<Published> = rest.by_ref().take(job.events.len()).collect();
+                    let _ = job.done.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.done.send(Err(copy_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// The same error for another caller of a shared batch (a store error is not `Clone`: its source
+/// stays with the first).
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable { message, .. } => StoreError::Unavailable {
+            message: message.clone(),
+            source: None,
+        },
+        StoreError::Unsupported(what) => StoreError::Unsupported(what),
+        StoreError::UnknownSubscription(name) => StoreError::UnknownSubscription(name.clone()),
+        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+        other => StoreError::Unavailable {
+            message: other.to_string(),
+            source: None,
+        },
     }
 }

@@ -15,8 +15,15 @@ local NODE = ARGV[3]
 local COUNTS = KEYS[1]
 local CHANNEL = T .. ':wake'
 local WAKES = {}
+local DELTA = {}
 local function n2s(x) return string.format('%.0f', x) end
-local function count(st, n) redis.call('HINCRBY', COUNTS, st, n) end
+local function count(st, n) DELTA[st] = (DELTA[st] or 0) + n end
+local function flush_counts()
+  for st, n in pairs(DELTA) do
+    if n ~= 0 then redis.call('HINCRBY', COUNTS, st, n) end
+  end
+  DELTA = {}
+end
 local function dkey(did) return T .. ':d:' .. did end
 local function akey(did) return T .. ':a:' .. did end
 local function ekey(eid) return T .. ':e:' .. eid end
@@ -35,30 +42,35 @@ local function ready(sub, did, prio, due)
   redis.call('ZADD', subkey(sub, 'ready'), rscore(prio, due), did)
 end
 local function close_one(eid)
-  local open = redis.call('HINCRBY', ekey(eid), 'open', -1)
-  if open <= 0 then
-    redis.call('HSET', ekey(eid), 'fin', n2s(NOW))
+  if redis.call('HINCRBY', ekey(eid), 'open', -1) <= 0 then
     redis.call('ZADD', T .. ':finished', n2s(NOW), eid)
   end
 end
-local function finish_attempt(did, fin, outcome, err)
-  local last = redis.call('LINDEX', akey(did), -1)
-  if not last then return end
-  local n, started = string.match(last, '^(%d+)|(%-?%d+)|')
-  redis.call('LSET', akey(did), -1, n .. '|' .. started .. '|' .. fin .. '|' .. outcome .. '|' .. (err or ''))
+-- Finished attempts only: the running one is the delivery's `att` and `ts`.
+local function finish_attempt(did, att, started, fin, outcome, err)
+  redis.call('RPUSH', akey(did), att .. '|' .. started .. '|' .. fin .. '|' .. outcome .. '|' .. (err or ''))
 end
 local EARLIEST = nil
+local DUE_NOW = false
 local function wake_due(t)
   if EARLIEST == nil or t < EARLIEST then EARLIEST = t end
 end
+-- Due now, by whichever clock reads it: a delivery that is ready at once.
+local function wake_now() DUE_NOW = true end
 local function wake_answered(eid)
   local msg = 'A|' .. eid
   redis.call('PUBLISH', CHANNEL, NODE .. '|' .. msg)
   WAKES[#WAKES + 1] = msg
 end
 local function flush_wakes()
-  if EARLIEST ~= nil then
-    local msg = 'D|' .. n2s(EARLIEST)
+  flush_counts()
+  local msg = nil
+  if DUE_NOW then
+    msg = 'N'
+  elseif EARLIEST ~= nil then
+    msg = 'D|' .. n2s(EARLIEST)
+  end
+  if msg then
     redis.call('PUBLISH', CHANNEL, NODE .. '|' .. msg)
     WAKES[#WAKES + 1] = msg
   end
@@ -72,8 +84,8 @@ local function promote(sub)
       move(did, d[1], 'pending')
       ready(sub, did, tonumber(d[2]), tonumber(d[3]))
     end
-    redis.call('ZREM', subkey(sub, 'sched'), did)
   end
+  if #due > 0 then redis.call('ZREMRANGEBYSCORE', subkey(sub, 'sched'), '-inf', n2s(NOW)) end
 end
 "#;
 
@@ -89,7 +101,7 @@ if version ~= ARGV[4] then return {'ROUTES'} end
 local out = {'OK', {}}
 local i = 6
 for _ = 1, tonumber(ARGV[5]) do
-  local eid, key, due, prio = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local eid, key, due, prio, exp, req = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
   local nfields = tonumber(ARGV[i + 6])
   local fields_at = i + 7
   local nsubs = tonumber(ARGV[fields_at + nfields])
@@ -113,14 +125,14 @@ for _ = 1, tonumber(ARGV[5]) do
     count('events', 1)
     if nsubs == 0 then
       count('unrouted', 1)
-      redis.call('HSET', ek, 'fin', n2s(NOW))
       redis.call('ZADD', T .. ':finished', n2s(NOW), eid)
     else
       local st = 'scheduled'
       if due <= NOW then st = 'pending' end
       for j = 0, nsubs - 1 do
         local sub, did = ARGV[subs_at + 2 * j], ARGV[subs_at + 2 * j + 1]
-        redis.call('HSET', dkey(did), 'ev', eid, 'sub', sub, 'st', st, 'att', 0, 'due', n2s(due), 'prio', prio, 'tok', '')
+        redis.call('HSET', dkey(did), 'ev', eid, 'sub', sub, 'st', st, 'att', 0, 'due', n2s(due), 'prio', prio,
+          'tok', '', 'ex', exp, 'rt', req)
         if st == 'pending' then
           ready(sub, did, prio, due)
         else
@@ -128,7 +140,7 @@ for _ = 1, tonumber(ARGV[5]) do
         end
       end
       count(st, nsubs)
-      wake_due(due)
+      if st == 'pending' then wake_now() else wake_due(due) end
     end
     out[#out + 1] = 'S'
     out[#out + 1] = nsubs
@@ -145,48 +157,51 @@ local sub, max, lease = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('HEXISTS', T .. ':subs', sub) == 0 then return {'UNKNOWN'} end
 local lu = NOW + lease
 local leases = subkey(sub, 'lease')
-for _, did in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', n2s(NOW))) do
-  local d = redis.call('HMGET', dkey(did), 'st', 'prio', 'due')
+local ran_out = redis.call('ZRANGEBYSCORE', leases, '-inf', n2s(NOW))
+for _, did in ipairs(ran_out) do
+  local d = redis.call('HMGET', dkey(did), 'st', 'prio', 'due', 'att', 'ts')
   if d[1] == 'active' then
     move(did, 'active', 'pending')
-    finish_attempt(did, n2s(NOW), 'lease_expired', 'the lease ran out before an outcome was recorded')
+    finish_attempt(did, d[4], d[5], n2s(NOW), 'lease_expired', 'the lease ran out before an outcome was recorded')
     ready(sub, did, tonumber(d[2]), tonumber(d[3]))
   end
-  redis.call('ZREM', leases, did)
 end
+if #ran_out > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', n2s(NOW)) end
 promote(sub)
 local out = {'OK', {}}
 local taken = 0
 local rk = subkey(sub, 'ready')
+local token = redis.call('INCRBY', T .. ':token', max) - max
+local leased = {}
 while taken < max do
-  local batch = redis.call('ZRANGE', rk, 0, max - taken - 1)
+  local batch = redis.call('ZPOPMIN', rk, max - taken)
   if #batch == 0 then break end
-  for _, did in ipairs(batch) do
-    redis.call('ZREM', rk, did)
+  for b = 1, #batch, 2 do
+    local did = batch[b]
     local dk = dkey(did)
-    local d = redis.call('HMGET', dk, 'st', 'ev', 'att', 'due')
+    local d = redis.call('HMGET', dk, 'st', 'ev', 'att', 'due', 'ex')
     if d[1] == 'pending' then
-      local exp = redis.call('HGET', ekey(d[2]), 'ex')
-      if exp and tonumber(exp) <= NOW then
+      if d[5] and d[5] ~= '' and tonumber(d[5]) <= NOW then
         move(did, 'pending', 'expired')
         close_one(d[2])
       else
-        local token = redis.call('INCR', T .. ':token')
+        token = token + 1
         local att = tonumber(d[3]) + 1
-        redis.call('HSET', dk, 'st', 'active', 'att', att, 'tok', token, 'lu', n2s(lu))
+        redis.call('HSET', dk, 'st', 'active', 'att', att, 'tok', token, 'lu', n2s(lu), 'ts', n2s(NOW))
         count('pending', -1)
         count('active', 1)
-        redis.call('RPUSH', akey(did), att .. '|' .. n2s(NOW) .. '||')
-        redis.call('ZADD', leases, n2s(lu), did)
+        leased[#leased + 1] = n2s(lu)
+        leased[#leased + 1] = did
         out[#out + 1] = {did, token, att, d[4], d[2], redis.call('HGETALL', ekey(d[2]))}
         taken = taken + 1
       end
     end
   end
 end
--- Other nodes learn when these leases run out (to take over from a node that died) from a wakeup;
--- one is enough while an earlier one is still ahead: the node it wakes asks for the next time.
 if taken > 0 then
+  redis.call('ZADD', leases, unpack(leased))
+  -- Other nodes learn when these leases run out (to take over from a node that died) from a
+  -- wakeup; one is enough while an earlier one is still ahead: the node it wakes asks the store.
   local announced = tonumber(redis.call('GET', T .. ':leasewake') or '0')
   if announced <= NOW or announced > lu then
     redis.call('SET', T .. ':leasewake', n2s(lu))
@@ -223,36 +238,43 @@ local out = {{}}
 for i = 4, #ARGV, 6 do
   local did, token, kind, fin, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local dk = dkey(did)
-  local d = redis.call('HMGET', dk, 'st', 'tok', 'ev', 'sub', 'due', 'prio')
+  local d = redis.call('HMGET', dk, 'st', 'tok', 'ev', 'sub', 'due', 'prio', 'att', 'ts', 'rt')
   if d[1] ~= 'active' or d[2] ~= token then
     out[#out + 1] = 0
   else
     local eid, sub = d[3], d[4]
     redis.call('ZREM', subkey(sub, 'lease'), did)
     if kind == 'S' then
-      finish_attempt(did, fin, 'succeeded', nil)
-      if b == '1' then redis.call('HSET', dk, 'rep', a) end
-      move(did, 'active', 'succeeded')
+      finish_attempt(did, d[7], d[8], fin, 'succeeded', nil)
+      if b == '1' then
+        redis.call('HSET', dk, 'st', 'succeeded', 'rep', a)
+      else
+        redis.call('HSET', dk, 'st', 'succeeded')
+      end
+      count('active', -1)
+      count('succeeded', 1)
       close_one(eid)
-      if redis.call('HEXISTS', ekey(eid), 'rt') == 1 then wake_answered(eid) end
+      if d[9] == '1' then wake_answered(eid) end
     elseif kind == 'R' then
-      finish_attempt(did, fin, 'failed', b)
-      redis.call('HSET', dk, 'err', b, 'due', a)
-      move(did, 'active', 'retrying')
+      finish_attempt(did, d[7], d[8], fin, 'failed', b)
+      redis.call('HSET', dk, 'st', 'retrying', 'err', b, 'due', a)
+      count('active', -1)
+      count('retrying', 1)
       redis.call('ZADD', subkey(sub, 'sched'), a, did)
       wake_due(tonumber(a))
     elseif kind == 'D' then
-      finish_attempt(did, fin, 'dead', a)
-      redis.call('HSET', dk, 'err', a)
-      move(did, 'active', 'dead')
+      finish_attempt(did, d[7], d[8], fin, 'dead', a)
+      redis.call('HSET', dk, 'st', 'dead', 'err', a)
+      count('active', -1)
+      count('dead', 1)
       close_one(eid)
-      if redis.call('HEXISTS', ekey(eid), 'rt') == 1 then wake_answered(eid) end
+      if d[9] == '1' then wake_answered(eid) end
     else
-      redis.call('RPOP', akey(did))
-      redis.call('HINCRBY', dk, 'att', -1)
-      move(did, 'active', 'pending')
+      redis.call('HSET', dk, 'st', 'pending', 'att', tonumber(d[7]) - 1)
+      count('active', -1)
+      count('pending', 1)
       ready(sub, did, tonumber(d[6]), tonumber(d[5]))
-      wake_due(tonumber(d[5]))
+      wake_now()
     end
     out[#out + 1] = 1
   end
@@ -278,6 +300,7 @@ for did in string.gmatch(ds, '%S+') do
     n = n + 1
   end
 end
+flush_counts()
 return n
 "#;
 
@@ -291,7 +314,6 @@ move(did, 'dead', 'pending')
 redis.call('HSET', dkey(did), 'due', n2s(NOW))
 ready(d[3], did, tonumber(d[4]), NOW)
 redis.call('HINCRBY', ekey(d[2]), 'open', 1)
-redis.call('HDEL', ekey(d[2]), 'fin')
 redis.call('ZREM', T .. ':finished', d[2])
 wake_due(NOW)
 return {'OK', flush_wakes()}
@@ -324,6 +346,7 @@ for _, kind in ipairs({'sched', 'ready', 'lease'}) do
   end
   redis.call('DEL', subkey(sub, kind))
 end
+flush_counts()
 return n
 "#;
 
@@ -354,7 +377,8 @@ return n2s(best)
 
 /// ARGV[4]: '1' to include attempts, then event ids. Returns, per event found,
 /// `{eid, {event hash}, {delivery...}}` where each delivery is
-/// `{did, sub, status, attempts, due, error, reply, {attempt...}}`.
+/// `{did, sub, status, attempts, due, error, reply, started, {finished attempt...}}` (`started`:
+/// when the running attempt of an active delivery started).
 const READ: &str = r#"
 local with = ARGV[4] == '1'
 local out = {}
@@ -365,10 +389,10 @@ for i = 5, #ARGV do
     local ds = {}
     local list = redis.call('HGET', ekey(eid), 'ds') or ''
     for did in string.gmatch(list, '%S+') do
-      local d = redis.call('HMGET', dkey(did), 'sub', 'st', 'att', 'due', 'err', 'rep')
+      local d = redis.call('HMGET', dkey(did), 'sub', 'st', 'att', 'due', 'err', 'rep', 'ts')
       local attempts = {}
       if with then attempts = redis.call('LRANGE', akey(did), 0, -1) end
-      ds[#ds + 1] = {did, d[1], d[2], d[3], d[4], d[5], d[6], attempts}
+      ds[#ds + 1] = {did, d[1], d[2], d[3], d[4], d[5], d[6], d[7], attempts}
     end
     out[#out + 1] = {eid, ev, ds}
   end
@@ -380,6 +404,7 @@ return out
 /// counts hash.
 const STATS: &str = r#"
 for _, sub in ipairs(redis.call('HKEYS', T .. ':subs')) do promote(sub) end
+flush_counts()
 return redis.call('HGETALL', COUNTS)
 "#;
 
@@ -403,6 +428,7 @@ for _, eid in ipairs(gone) do
   redis.call('ZREM', T .. ':finished', eid)
   count('events', -1)
 end
+flush_counts()
 return #gone
 "#;
 

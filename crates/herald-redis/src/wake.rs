@@ -1,5 +1,5 @@
 //! Wakeups between nodes: every script that makes a delivery due (or answers a request) publishes
-//! `<node>|D|<ms>` (or `<node>|A|<event id>`) on the namespace's channel. Each store listens on a
+//! `<node>|N` (ready now), `<node>|D|<ms>` or `<node>|A|<event id>` on the namespace's channel. Each store listens on a
 //! dedicated pub/sub connection, hands other nodes' messages to its [`WakeupHub`] and skips its own
 //! (those it hands over itself, as soon as the script returns). After a lost connection it
 //! resubscribes and reports [`Wakeup::Lagged`]: messages sent meanwhile are gone.
@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use herald_core::store::WakeupHub;
-use herald_core::{EventId, Timestamp, Wakeup};
+use herald_core::{Clock, EventId, Timestamp, Wakeup};
 use redis::aio::PubSub;
 use redis::{Client, RedisError};
 
 use crate::codec::parse_uuid;
 
-/// Decodes a wakeup message without its node tag: `D|<ms>` or `A|<event id>`.
-pub(crate) fn decode(msg: &[u8]) -> Option<Wakeup> {
+/// Decodes a wakeup message without its node tag: `N` (due now, by this node's clock: a delivery
+/// that is ready at once), `D|<ms>` or `A|<event id>`.
+pub(crate) fn decode(msg: &[u8], clock: &Clock) -> Option<Wakeup> {
     match msg.split_first() {
+        Some((b'N', _)) => Some(Wakeup::Due(clock.now())),
         Some((b'D', rest)) => {
             let ms = std::str::from_utf8(rest.strip_prefix(b"|")?)
                 .ok()?
@@ -42,7 +44,14 @@ pub(crate) async fn subscribe(client: &Client, channel: &str) -> Result<PubSub, 
 
 /// Forwards other nodes' wakeups to `hub` for as long as the hub lives, resubscribing after a
 /// lost connection.
-pub(crate) async fn listen(client: Client, first: PubSub, channel: String, node: String, hub: Weak<WakeupHub>) {
+pub(crate) async fn listen(
+    client: Client,
+    first: PubSub,
+    channel: String,
+    node: String,
+    clock: Clock,
+    hub: Weak<WakeupHub>,
+) {
     let mut connection = Some(first);
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -57,7 +66,7 @@ pub(crate) async fn listen(client: Client, first: PubSub, channel: String, node:
                 if &payload[..sep] == node.as_bytes() {
                     continue;
                 }
-                if let Some(w) = decode(&payload[sep + 1..]) {
+                if let Some(w) = decode(&payload[sep + 1..], &clock) {
                     hub.send(w);
                 }
             }
@@ -92,8 +101,8 @@ impl Drop for AbortOnDrop {
 }
 
 /// Hands the wakeups a script returned to this node's listeners.
-pub(crate) fn deliver_local(hub: &Arc<WakeupHub>, wakes: Vec<Vec<u8>>) {
-    for w in wakes.iter().filter_map(|m| decode(m)) {
+pub(crate) fn deliver_local(hub: &Arc<WakeupHub>, clock: &Clock, wakes: Vec<Vec<u8>>) {
+    for w in wakes.iter().filter_map(|m| decode(m, clock)) {
         hub.send(w);
     }
 }
