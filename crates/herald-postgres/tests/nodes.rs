@@ -158,7 +158,7 @@ async fn publisher(schema: &str, pattern: &str) -> Herald {
         .unwrap()
 }
 
-fn field<'a>(line: &'a Line, i: usize) -> &'a str {
+fn field(line: &Line, i: usize) -> &str {
     line.text.split(' ').nth(i).unwrap()
 }
 
