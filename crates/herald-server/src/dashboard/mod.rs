@@ -92,7 +92,7 @@ fn serve(path: &str) -> Response {
 }
 
 /// `GET /v1/stats/history`: the last 15 minutes, a point a second, oldest first.
-pub(crate) async fn history(State(app): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn history(State(app): State<AppState>) -> Json<history::HistoryView> {
     Json(app.0.history.view())
 }
 

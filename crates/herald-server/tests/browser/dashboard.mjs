@@ -46,6 +46,8 @@ const context = await chromium.launchPersistentContext(profile, {
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    // Containers often have a small /dev/shm; Chromium then crashes mid-page without this.
+    "--disable-dev-shm-usage",
   ],
   viewport: { width: 1480, height: 1000 },
   deviceScaleFactor: 1,
