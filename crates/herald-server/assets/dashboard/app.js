@@ -98,23 +98,26 @@ function askForToken(rejected) {
   return signingIn;
 }
 
-function authHeaders() {
-  const token = sessionStorage.getItem(TOKEN_KEY);
+function authHeaders(token) {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
-/** Answers 401 by asking for a token (again); true when the call should be made again. */
-async function handleUnauthorized(response) {
+/**
+ * Answers a 401 to a call made with `used` by asking for a token (again); true when the call
+ * should be made again. A call that went out before someone signed in just goes again.
+ */
+async function handleUnauthorized(response, used) {
   if (response.status !== 401) return false;
-  const hadToken = sessionStorage.getItem(TOKEN_KEY) !== null;
+  if (sessionStorage.getItem(TOKEN_KEY) !== used) return true;
   sessionStorage.removeItem(TOKEN_KEY);
-  await askForToken(hadToken);
+  await askForToken(used !== null);
   return true;
 }
 
 async function api(path, { method = "GET", body } = {}) {
   for (;;) {
-    const headers = authHeaders();
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = authHeaders(token);
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(path, {
       method,
@@ -122,7 +125,7 @@ async function api(path, { method = "GET", body } = {}) {
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
     });
-    if (await handleUnauthorized(response)) continue;
+    if (await handleUnauthorized(response, token)) continue;
     const text = await response.text();
     let data = null;
     try {
@@ -237,8 +240,9 @@ async function follow() {
   let delay = 1000;
   for (;;) {
     try {
-      const response = await fetch("/v1/stats/stream", { headers: authHeaders(), cache: "no-store" });
-      if (await handleUnauthorized(response)) continue;
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      const response = await fetch("/v1/stats/stream", { headers: authHeaders(token), cache: "no-store" });
+      if (await handleUnauthorized(response, token)) continue;
       if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
       setLive("live", "live");
       delay = 1000;
