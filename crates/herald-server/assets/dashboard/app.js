@@ -422,7 +422,7 @@ function drawChart(name) {
   const host = $(`#chart-${name}`);
   const width = Math.max(host.clientWidth - 12, 200);
   const height = Math.max(host.clientHeight - 8, 120);
-  const m = { top: 10, right: 12, bottom: 22, left: 48 };
+  const m = { top: 10, right: 12, bottom: 22, left: 58 };
   const w = width - m.left - m.right;
   const h = height - m.top - m.bottom;
   // The window, or less while the server has not been up that long (30 s at least).
