@@ -2,12 +2,12 @@
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use herald_core::Herald;
+//! use herald_core::{Context, Herald};
 //! use herald_redis::RedisBuilderExt;
 //!
 //! // Every process that builds its herald this way (same URL, same prefix) is one system.
 //! let herald = Herald::builder().redis("redis://127.0.0.1:6379").build().await?;
-//! herald.subscribe("mail", "user.signed_up").handle(|n: u64| async move {
+//! herald.subscribe("mail", "user.signed_up").handle(|n: u64, _: Context| async move {
 //!     println!("welcome {n}");
 //!     Ok::<_, herald_core::HandlerError>(())
 //! }).await?;
