@@ -67,18 +67,32 @@ fn main() {
     let only = std::env::var("HERALD_BENCH_ONLY").ok();
     let wants = |case: &str| only.as_deref().is_none_or(|o| o.split(',').any(|c| c.trim() == case));
     let (n, delays) = if quick { (3_000, 100) } else { (20_000, 600) };
+    // Lateness first: the e2e rounds leave the server vacuuming and checkpointing for a while.
+    if wants("lateness") {
+        let (p50, p99, max) = lateness(&rt, delays);
+        println!(
+            "BENCH pg_lateness p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} delays={delays} load1={}",
+            load()
+        );
+    }
     if wants("e2e") {
         let baseline = pgbench(if quick { 2 } else { 10 });
         let rate = e2e(&rt, quick, n, batch, publishers);
         println!(
-            "BENCH pg_e2e events_per_s={rate:.0} baseline_tps={baseline:.0} ratio={:.2} nodes=2 workers={WORKERS} publish_batch={batch} publishers={publishers}",
-            rate / baseline
+            "BENCH pg_e2e events_per_s={rate:.0} baseline_tps={baseline:.0} ratio={:.2} nodes=2 workers={WORKERS} publish_batch={batch} publishers={publishers} load1={}",
+            rate / baseline,
+            load()
         );
     }
-    if wants("lateness") {
-        let (p50, p99, max) = lateness(&rt, delays);
-        println!("BENCH pg_lateness p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} delays={delays}");
-    }
+}
+
+/// The machine's load average over the last minute: on a shared machine, what the figures were
+/// measured under.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
