@@ -79,7 +79,9 @@
 //! its own slot). The alternative, a tag per subscription with a non-atomic fan-out and a repair
 //! path, would trade exactly-once fan-out for throughput; it is not built. Scripts name their slot
 //! with their one declared key (`{p}:counts`) and build the others from the prefix, all in that
-//! slot. Valkey runs the same scripts.
+//! slot; they carry a `#!lua` shebang, so the server holds them to that slot (the test
+//! `tests/cluster.rs` runs the conformance suite on a cluster node). The shebang needs Redis 7 or
+//! Valkey; Valkey runs the same scripts.
 //!
 //! ## Limits
 //!

@@ -452,7 +452,9 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Self {
-        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        // The shebang (Redis 7, Valkey) makes the server hold a script to the slot of its declared
+        // key on a cluster, instead of the lenient mode of scripts without one.
+        let s = |body: &str| Script::new(&format!("#!lua\n{PRELUDE}{body}"));
         Scripts {
             publish: s(PUBLISH),
             claim: s(CLAIM),

@@ -3,104 +3,25 @@
 //! started again on the same files.
 //!
 //! While it is down, publish returns an error (never a silent loss); once it is back, the same
-//! runtime (no restart of its own) goes on: every event whose publish returned `Ok` is handled.
+//! runtime (no restart of its own) goes on: every event whose publish returned `Ok` is handled,
+//! and another node's wakeup listener resubscribes on its own (reporting `Lagged`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_core::{Context, EventId, HandlerError, Herald};
+use futures_util::StreamExt;
+use herald_core::{Context, EventId, HandlerError, Herald, Store, Wakeup};
 use herald_redis::RedisStore;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long any step may take before the test fails instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A private redis-server, killed (by its PID) when dropped, also when the test panics.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path, port: u16) -> Server {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--dir")
-            .arg(dir)
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .args(["--daemonize", "no", "--logfile", "redis.log"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        Server {
-            child: Some(child),
-            port,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits until the server answers PING.
-    async fn ready(&self) {
-        let deadline = Instant::now() + DEADLINE;
-        let client = redis::Client::open(self.url()).unwrap();
-        loop {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: whatever was acknowledged is in the append-only file (fsync always).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        let again = Server::start(&self.dir, self.port);
-        *self = again;
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[derive(Default)]
 struct Shared {
@@ -138,13 +59,14 @@ impl Shared {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_no_acknowledged_event() {
-    if Command::new("redis-server").arg("--version").output().is_err() {
-        println!("SKIPPED a_redis_restart_loses_no_acknowledged_event: redis-server is missing (apt-get install redis-server)");
+    if !common::redis_server_available("a_redis_restart_loses_no_acknowledged_event") {
         return;
     }
-    let dir = TempDir(std::env::temp_dir().join(format!("herald-redis-restart-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let mut server = Server::start(&dir.0, free_port());
+    let dir = common::TempDir::new("restart");
+    let mut server = common::Server::start(
+        &dir.0,
+        &["--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+    );
     server.ready().await;
 
     let store = RedisStore::builder(server.url())
@@ -162,6 +84,14 @@ async fn a_redis_restart_loses_no_acknowledged_event() {
         .build()
         .await
         .unwrap();
+    // A second node that only listens: its wakeup connection must come back on its own too.
+    let observer = RedisStore::builder(server.url())
+        .prefix("restart")
+        .timeouts(Some(Duration::from_secs(2)), Some(Duration::from_secs(2)))
+        .connect()
+        .await
+        .unwrap();
+    let mut seen = observer.wakeups();
     let shared = Arc::new(Shared::default());
     let on_handle = shared.clone();
     herald
@@ -217,6 +147,23 @@ async fn a_redis_restart_loses_no_acknowledged_event() {
         .until("300 publishes after the restart", |s| s.acknowledged() >= before + 300)
         .await;
     println!("{:?}: 300 publishes after the restart", t0.elapsed());
+    let resubscribed = tokio::time::timeout(DEADLINE, async {
+        let mut lagged = false;
+        while let Some(w) = seen.next().await {
+            match w {
+                Wakeup::Lagged => lagged = true,
+                Wakeup::Due(_) if lagged => return true,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        resubscribed.ok(),
+        Some(true),
+        "the other node's wakeups resume after the restart (Lagged, then due times)"
+    );
     shared.stop.store(true, Ordering::SeqCst);
     publisher.await.unwrap();
 
