@@ -30,8 +30,15 @@
 //! - **Durable**: a publish returns once PostgreSQL committed it (with the server's
 //!   `synchronous_commit`); so do outcomes, cancels and requeues.
 //! - **One handler at a time per delivery, across nodes**: a claim leases deliveries with
-//!   `FOR UPDATE SKIP LOCKED` and a fencing token; an outcome or lease extension under a token
-//!   that another claim replaced is refused ([`Completion::Stale`]).
+//!   `FOR UPDATE SKIP LOCKED` and a random fencing token; an outcome or lease extension under a
+//!   token that another claim replaced is refused ([`Completion::Stale`]). Claims and lease
+//!   extensions commit without waiting for the disk (`synchronous_commit = off` for their
+//!   transaction alone): losing one to a server crash only makes its delivery claimable again,
+//!   as its lease running out would, and the next outcome's commit flushes it anyway.
+//! - **Cheap claims**: one statement leases the best `n` pending deliveries (an index on
+//!   subscription, priority and due time), takes over leases that ran out, moves scheduled
+//!   deliveries that came due into the pending index, and ends expired ones; another statement
+//!   records a whole batch of outcomes; a publish batch is one statement (arrays, `unnest`).
 //! - **At least once**: a node that dies leaves its deliveries leased; any node claims them again
 //!   once their leases run out, and the lost attempt is recorded as `lease_expired`.
 //! - **No silent loss in faults**: while the server is down or restarting, calls return
@@ -49,13 +56,19 @@
 //! paused clock.
 //!
 //! # Wakeups: LISTEN/NOTIFY, or polling
-//! Every statement that makes a delivery due (publish, retry, release, requeue) or answers a
-//! request sends `pg_notify` in its own transaction, carrying the due time or the request's id,
-//! so it is announced exactly when it commits. Each store keeps one connection that LISTENs on the
-//! schema's channel (`herald_<schema>`) and hands the wakeups to the runtime, whose timer then
-//! sleeps until the due time: a delay published on node A fires on node B on its millisecond, with
-//! no polling. When that connection drops, the listener reconnects and tells the runtime to
-//! re-check everything ([`Wakeup::Lagged`]).
+//! Every change that makes a delivery due or answers a request is announced with `pg_notify` on
+//! the schema's channel (`herald_<schema>`), carrying the due time or the request's id. Retries,
+//! releases, requeues and answers notify inside their own transaction, so at its commit. A publish
+//! notifies in a transaction of its own sent right behind it on the same connection (pipelined, so
+//! no extra round trip), which runs only once the publish committed: PostgreSQL holds a
+//! cluster-wide lock from a notifying transaction's pre-commit until its commit is on disk, and
+//! notifying inside every publish would queue all publishes of all nodes behind one WAL flush at
+//! a time (single-event publishes ran about three times slower that way). Each store keeps one
+//! connection that LISTENs and hands the wakeups to the runtime, whose timer then sleeps until
+//! the due time: a delay published on node A fires on node B on its millisecond, with no polling.
+//! A node's own changes are announced in process at once (its listener skips its own
+//! notifications). When the LISTEN connection drops, the listener reconnects and tells the
+//! runtime to re-check everything ([`Wakeup::Lagged`]).
 //!
 //! Where LISTEN is unavailable (a pooler such as PgBouncer in transaction mode does not carry
 //! notifications), turn it off with [`PostgresStoreBuilder::listen`]`(false)`; the store also falls
