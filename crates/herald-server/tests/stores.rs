@@ -93,8 +93,7 @@ async fn a_store_that_cannot_be_reached_is_a_clear_error() {
     let err = tokio::time::timeout(Duration::from_secs(30), herald_server::Server::start(listener, config))
         .await
         .expect("a refused connection must fail fast")
-        .err()
-        .expect("the server must not start without its store");
+        .expect_err("the server must not start without its store");
     let text = err.to_string();
     assert!(text.contains("cannot open the store"), "{text}");
 }
