@@ -170,10 +170,14 @@ impl Statements {
                                WHERE h.verdict IN (1, 2, 3) AND t.delivery = h.id AND t.number = h.attempts),
                  released AS (DELETE FROM {{s}}.attempts t USING held h
                                WHERE h.verdict = 4 AND t.delivery = h.id AND t.number = h.attempts),
+                 -- The events whose last open delivery may have ended, locked in one order (by seq), so
+                 -- that batches finishing deliveries of the same events on several nodes cannot deadlock.
+                 ev AS (SELECT seq FROM {{s}}.events
+                         WHERE seq IN (SELECT event FROM held WHERE verdict IN (1, 3)) ORDER BY seq FOR UPDATE),
                  closed AS (UPDATE {{s}}.events e SET {}
-                              FROM (SELECT event, count(*) AS n, max(CASE verdict WHEN 1 THEN 1 ELSE 4 END) AS m
-                                      FROM held WHERE verdict IN (1, 3) GROUP BY event) g
-                             WHERE e.seq = g.event),
+                              FROM ev, (SELECT event, count(*) AS n, max(CASE verdict WHEN 1 THEN 1 ELSE 4 END) AS m
+                                          FROM held WHERE verdict IN (1, 3) GROUP BY event) g
+                             WHERE e.seq = ev.seq AND e.seq = g.event),
                  answers AS (SELECT u.ord, u.verdict, u.due, e.id AS event_id, e.reply_to IS NOT NULL AS request
                                FROM upd u JOIN {{s}}.events e ON e.seq = u.event),
                  wake AS (SELECT pg_notify($8::text, $9::text || w) FROM (

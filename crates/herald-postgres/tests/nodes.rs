@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{
-    AttemptOutcome, Context, DeliveryStatus, EventId, HandlerError, Herald, Message, Pattern, Store, SubscriptionName,
-    SubscriptionSpec, Timestamp,
+    AttemptOutcome, Context, DeliveryStatus, EventFilter, EventId, EventStatus, HandlerError, Herald, Message,
+    PageRequest, Pattern, Store, SubscriptionName, SubscriptionSpec, Timestamp,
 };
 use herald_postgres::PostgresStore;
 use support::{drop_schema, fresh_schema, quantile, url, Children, Line};
@@ -35,6 +35,7 @@ const LEASE_MS: &str = "HERALD_PG_LEASE_MS";
 const HANDLER_MS: &str = "HERALD_PG_HANDLER_MS";
 const SLOW_EVERY: &str = "HERALD_PG_SLOW_EVERY";
 const PATTERN: &str = "HERALD_PG_PATTERN";
+const AUDIT: &str = "HERALD_PG_AUDIT";
 /// How long any step may take before the test fails instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -54,6 +55,7 @@ fn node_child() {
     let handler = Duration::from_millis(env(HANDLER_MS).parse().unwrap());
     let slow_every: u64 = env(SLOW_EVERY).parse().unwrap();
     let pattern = env(PATTERN);
+    let audit = std::env::var(AUDIT).is_ok_and(|v| v == "1");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -90,6 +92,18 @@ fn node_child() {
             })
             .await
             .unwrap();
+        if audit {
+            // A second subscription to the same events: their deliveries finish on any node, and
+            // the event is finished once both are.
+            herald
+                .subscribe("audit", &pattern)
+                .handle(|_: u64, ctx: Context| async move {
+                    println!("audit {}", ctx.event_id());
+                    Ok::<_, HandlerError>(())
+                })
+                .await
+                .unwrap();
+        }
         println!("ready");
         std::future::pending::<()>().await;
     });
@@ -102,6 +116,7 @@ struct Nodes {
     handler_ms: u64,
     slow_every: u64,
     pattern: &'static str,
+    audit: bool,
 }
 
 impl Nodes {
@@ -113,6 +128,7 @@ impl Nodes {
             (HANDLER_MS, self.handler_ms.to_string()),
             (SLOW_EVERY, self.slow_every.to_string()),
             (PATTERN, self.pattern.to_owned()),
+            (AUDIT, if self.audit { "1" } else { "0" }.to_owned()),
         ]
     }
 
@@ -140,15 +156,18 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A node in this process that publishes only, with the subscription declared in the store, so
 /// that what it publishes before the children subscribe is routed too.
-async fn publisher(schema: &str, pattern: &str) -> Herald {
+async fn publisher(schema: &str, pattern: &str, audit: bool) -> Herald {
     let store = PostgresStore::builder(url()).schema(schema).connect().await.unwrap();
-    store
-        .declare(&SubscriptionSpec {
-            name: SubscriptionName::new("work").unwrap(),
-            pattern: Pattern::new(pattern).unwrap(),
-        })
-        .await
-        .unwrap();
+    let names: &[&str] = if audit { &["work", "audit"] } else { &["work"] };
+    for name in names {
+        store
+            .declare(&SubscriptionSpec {
+                name: SubscriptionName::new(name).unwrap(),
+                pattern: Pattern::new(pattern).unwrap(),
+            })
+            .await
+            .unwrap();
+    }
     Herald::builder()
         .store(store)
         .system_events(false)
@@ -207,13 +226,14 @@ fn three_nodes_handle_each_delivery_once() {
     }
     let rt = runtime();
     let schema = rt.block_on(fresh_schema("herald_nodes", "once"));
-    let herald = rt.block_on(publisher(&schema, "work.>"));
+    let herald = rt.block_on(publisher(&schema, "work.>", true));
     let nodes = Nodes {
         schema: schema.clone(),
         lease_ms: 30_000,
         handler_ms: 2,
         slow_every: 0,
         pattern: "work.>",
+        audit: true,
     };
     let mut children = Children::new();
     let mut lines = nodes.start(&mut children, &[&[], &[], &[]]);
@@ -230,12 +250,18 @@ fn three_nodes_handle_each_delivery_once() {
     // Every outcome recorded: nothing is open, nothing can run again.
     rt.block_on(async {
         let until = std::time::Instant::now() + DEADLINE;
-        while herald.stats().await.unwrap().deliveries.succeeded < N {
+        while herald.stats().await.unwrap().deliveries.succeeded < 2 * N {
             assert!(std::time::Instant::now() < until, "the outcomes were not all recorded");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
     lines.extend(children.kill_all());
+    let mut audited: BTreeMap<EventId, usize> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.text.starts_with("audit ")) {
+        *audited.entry(field(l, 1).parse().unwrap()).or_default() += 1;
+    }
+    assert_eq!(audited.keys().copied().collect::<BTreeSet<_>>(), published);
+    assert!(audited.values().all(|&n| n == 1), "each audit delivery ran once");
     let (started, finished) = tally(&lines);
     assert_eq!(started.keys().copied().collect::<BTreeSet<_>>(), published);
     for (id, n) in &started {
@@ -249,8 +275,25 @@ fn three_nodes_handle_each_delivery_once() {
     println!("events handled per node: {per_node:?}");
     assert!(per_node.iter().all(|&n| n > 0), "every node took a share: {per_node:?}");
     let stats = rt.block_on(herald.stats()).unwrap();
-    assert_eq!(stats.deliveries.succeeded, N);
+    assert_eq!(stats.deliveries.succeeded, 2 * N);
     assert_eq!(stats.deliveries.open(), 0);
+    // Each event finished once both its deliveries did, whichever nodes finished them: the
+    // stored event status (what status filters and retention read) says so.
+    let mut finished_events = 0;
+    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
+    loop {
+        let filter = EventFilter {
+            status: Some(EventStatus::Succeeded),
+            ..Default::default()
+        };
+        let got = rt.block_on(herald.store().query(&filter, page)).unwrap();
+        finished_events += got.items.len();
+        match got.next {
+            Some(next) => page = PageRequest::after(next, PageRequest::MAX_LIMIT),
+            None => break,
+        }
+    }
+    assert_eq!(finished_events, N as usize, "every event is recorded succeeded");
     rt.block_on(herald.shutdown(Duration::from_secs(5)));
     rt.block_on(drop_schema(&schema));
 }
@@ -262,7 +305,7 @@ fn a_killed_node_loses_nothing() {
     }
     let rt = runtime();
     let schema = rt.block_on(fresh_schema("herald_nodes", "kill"));
-    let herald = rt.block_on(publisher(&schema, "work.>"));
+    let herald = rt.block_on(publisher(&schema, "work.>", false));
     let lease = Duration::from_secs(1);
     let nodes = Nodes {
         schema: schema.clone(),
@@ -270,6 +313,7 @@ fn a_killed_node_loses_nothing() {
         handler_ms: 10,
         slow_every: 0,
         pattern: "work.>",
+        audit: false,
     };
     let mut children = Children::new();
     let mut lines = nodes.start(&mut children, &[&[], &[], &[]]);
@@ -348,13 +392,14 @@ fn a_delay_fires_on_another_node_on_its_millisecond() {
     }
     let rt = runtime();
     let schema = rt.block_on(fresh_schema("herald_nodes", "delay"));
-    let herald = rt.block_on(publisher(&schema, "delay.>"));
+    let herald = rt.block_on(publisher(&schema, "delay.>", false));
     let nodes = Nodes {
         schema: schema.clone(),
         lease_ms: 30_000,
         handler_ms: 1,
         slow_every: 0,
         pattern: "delay.>",
+        audit: false,
     };
     let mut children = Children::new();
     nodes.start(&mut children, &[&[]]);
@@ -413,7 +458,7 @@ fn a_node_with_a_skewed_clock_fires_nothing_early() {
     }
     let rt = runtime();
     let schema = rt.block_on(fresh_schema("herald_nodes", "skew"));
-    let herald = rt.block_on(publisher(&schema, "skew.>"));
+    let herald = rt.block_on(publisher(&schema, "skew.>", false));
     let lease = Duration::from_millis(600);
     let nodes = Nodes {
         schema: schema.clone(),
@@ -422,6 +467,7 @@ fn a_node_with_a_skewed_clock_fires_nothing_early() {
         // Every third handler runs 900 ms: past its first lease, which the node extends.
         slow_every: 3,
         pattern: "skew.>",
+        audit: false,
     };
     let mut children = Children::new();
     let before = Timestamp::now_system().as_millis();
