@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which store the server keeps events in.
 ///
@@ -160,6 +160,16 @@ pub enum ConfigError {
 /// max_pending = 100000
 /// workers = 64
 /// tokens = ["a-long-random-token"]
+///
+/// # Cron schedules, declared at start (see [`CronEntry`]); every server that reads this file
+/// # fires them, and a shared store keeps one event per tick.
+/// [[cron]]
+/// name = "nightly-report"
+/// expr = "0 3 * * *"
+/// topic = "report.nightly"
+/// tz = "Europe/Berlin"
+/// payload = { format = "pdf" }
+/// missed = "catch-up-one"
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +195,101 @@ pub struct ConfigLayer {
     pub workers: Option<usize>,
     /// Bearer tokens that clients may present; when empty, no authentication.
     pub tokens: Option<Vec<String>>,
+    /// Cron schedules declared at start (`[[cron]]` tables; only the file sets them).
+    pub cron: Option<Vec<CronEntry>>,
+}
+
+/// A cron schedule: a `[[cron]]` table of the config file, and the body of `POST /v1/cron`.
+///
+/// ```
+/// let layer = herald_server::ConfigLayer::from_toml(
+///     r#"
+///     [[cron]]
+///     name = "cleanup"
+///     expr = "*/10 * * * *"
+///     topic = "maintenance.cleanup"
+///     payload = { older_than_days = 30 }
+///     "#,
+/// )?;
+/// let cron = &layer.cron.unwrap()[0];
+/// assert_eq!(cron.tz, None); // UTC
+/// assert_eq!(cron.payload, Some(serde_json::json!({"older_than_days": 30})));
+/// # Ok::<(), toml::de::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CronEntry {
+    /// The schedule's name: lowercase letters, digits, `_`, `-` and dots.
+    pub name: String,
+    /// The cron expression: 5 fields, or 6 with seconds first (`*/10 * * * * *`).
+    pub expr: String,
+    /// The topic of its events.
+    pub topic: String,
+    /// The IANA time zone the expression is read in (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    /// The payload of every tick's event, any JSON (default: `{"name", "tick"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// What to do about ticks missed while no server ran it: `skip` (default) or `catch-up-one`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<String>,
+    /// The priority of its events, 0..=10 (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Each tick's event expires if no attempt started within this many milliseconds of the tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+impl CronEntry {
+    /// A schedule firing `topic` on `expr` (read in UTC), with the default payload and policy.
+    ///
+    /// ```
+    /// let cron = herald_server::CronEntry::new("cleanup", "*/10 * * * *", "maintenance.cleanup");
+    /// assert!(cron.check().is_ok());
+    /// ```
+    pub fn new(name: &str, expr: &str, topic: &str) -> Self {
+        CronEntry {
+            name: name.to_owned(),
+            expr: expr.to_owned(),
+            topic: topic.to_owned(),
+            ..CronEntry::default()
+        }
+    }
+
+    /// Its expression and zone, parsed.
+    pub(crate) fn spec(&self) -> Result<herald::CronSpec, herald::CronError> {
+        herald::CronSpec::new(&self.expr, self.tz.as_deref().unwrap_or("UTC"))
+    }
+
+    /// Its missed-tick policy, parsed.
+    pub(crate) fn missed_policy(&self) -> Result<herald::Missed, herald::CronError> {
+        self.missed.as_deref().map_or(Ok(herald::Missed::Skip), str::parse)
+    }
+
+    /// Checks what can be checked without a runtime: the expression, the zone, the policy, the
+    /// priority and the ttl; the message says what is wrong.
+    ///
+    /// ```
+    /// let mut cron = herald_server::CronEntry::new("report", "0 25 * * *", "report.daily");
+    /// assert!(cron.check().unwrap_err().starts_with("cron expression '0 25 * * *' is invalid"));
+    /// cron.expr = "0 3 * * *".into();
+    /// cron.tz = Some("Mars/Olympus".into());
+    /// assert!(cron.check().unwrap_err().starts_with("time zone 'Mars/Olympus' is unknown"));
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        self.spec().map_err(|e| e.to_string())?;
+        self.missed_policy().map_err(|e| e.to_string())?;
+        if let Some(p) = self.priority {
+            herald::Priority::new(p).map_err(|e| format!("priority {p} is invalid: {e}"))?;
+        }
+        if self.ttl_ms == Some(0) {
+            return Err("ttl_ms must be at least 1".to_owned());
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ConfigLayer {
@@ -259,6 +364,7 @@ impl ConfigLayer {
                     .map(str::to_owned)
                     .collect()
             }),
+            cron: None,
         })
     }
 
@@ -275,6 +381,7 @@ impl ConfigLayer {
             max_pending: self.max_pending.or(lower.max_pending),
             workers: self.workers.or(lower.workers),
             tokens: self.tokens.or(lower.tokens),
+            cron: self.cron.or(lower.cron),
         }
     }
 }
@@ -304,6 +411,8 @@ pub struct Config {
     pub workers: usize,
     /// Bearer tokens; required (non-empty) when `listen` is not a loopback address.
     pub tokens: Vec<String>,
+    /// Cron schedules declared at start (from the config file's `[[cron]]` tables).
+    pub cron: Vec<CronEntry>,
 }
 
 impl std::fmt::Debug for Config {
@@ -320,6 +429,7 @@ impl std::fmt::Debug for Config {
             .field("max_pending", &self.max_pending)
             .field("workers", &self.workers)
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("cron", &self.cron)
             .finish()
     }
 }
@@ -337,6 +447,7 @@ impl Default for Config {
             max_pending: 100_000,
             workers: 64,
             tokens: Vec::new(),
+            cron: Vec::new(),
         }
     }
 }
@@ -362,6 +473,7 @@ impl Config {
             max_pending: merged.max_pending.unwrap_or(d.max_pending),
             workers: merged.workers.unwrap_or(d.workers),
             tokens: merged.tokens.unwrap_or(d.tokens),
+            cron: merged.cron.unwrap_or(d.cron),
         };
         config.check()?;
         Ok(config)
@@ -399,6 +511,18 @@ impl Config {
                  HERALD_TOKENS or --token, or listen on 127.0.0.1",
                 self.listen
             )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for cron in &self.cron {
+            if !names.insert(cron.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "cron schedule '{}' is declared twice: give each [[cron]] table its own name",
+                    cron.name
+                )));
+            }
+            cron.check().map_err(|e| {
+                ConfigError::Invalid(format!("cron schedule '{}' (expr '{}'): {e}", cron.name, cron.expr))
+            })?;
         }
         let missing = match self.store {
             StoreKind::Sqlite if !cfg!(feature = "sqlite") => Some("sqlite"),
@@ -499,5 +623,37 @@ mod tests {
         };
         let e = Config::resolve([beyond]).unwrap_err();
         assert!(e.to_string().contains("needs authentication"), "{e}");
+    }
+
+    #[test]
+    fn cron_tables_are_checked_with_their_name() {
+        let file = ConfigLayer::from_toml(
+            "store = \"memory\"\n[[cron]]\nname = \"tick\"\nexpr = \"* * * * * *\"\ntopic = \"clock.tick\"\n\
+             payload = { n = 1, tags = [\"a\"] }\nmissed = \"catch-up-one\"\npriority = 8\nttl_ms = 500\n",
+        )
+        .unwrap();
+        let c = Config::resolve([file]).unwrap();
+        assert_eq!(c.cron.len(), 1);
+        assert_eq!(c.cron[0].payload, Some(serde_json::json!({"n": 1, "tags": ["a"]})));
+        assert_eq!(c.cron[0].missed.as_deref(), Some("catch-up-one"));
+
+        let bad = |table: &str| {
+            let layer = ConfigLayer::from_toml(&format!("[[cron]]\n{table}")).unwrap();
+            Config::resolve([layer]).unwrap_err().to_string()
+        };
+        let e = bad("name = \"report\"\nexpr = \"0 25 * * *\"\ntopic = \"r.d\"");
+        assert!(
+            e.contains("cron schedule 'report'") && e.contains("cron expression '0 25 * * *' is invalid"),
+            "{e}"
+        );
+        let e = bad("name = \"report\"\nexpr = \"0 3 * * *\"\ntopic = \"r.d\"\ntz = \"Europe/Berln\"");
+        assert!(
+            e.contains("'report'") && e.contains("time zone 'Europe/Berln' is unknown"),
+            "{e}"
+        );
+        let e = bad("name = \"report\"\nexpr = \"0 3 * * *\"\ntopic = \"r.d\"\nmissed = \"all\"");
+        assert!(e.contains("unknown missed-tick policy 'all'"), "{e}");
+        let twice = "name = \"a\"\nexpr = \"0 3 * * *\"\ntopic = \"r.d\"\n[[cron]]\nname = \"a\"\nexpr = \"0 4 * * *\"\ntopic = \"r.d\"";
+        assert!(bad(twice).contains("declared twice"));
     }
 }

@@ -20,6 +20,7 @@
 //! | `POST /v1/deliveries/{id}/retry` | a dead delivery runs again |
 //! | `GET, POST /v1/subscriptions`, `GET, DELETE /v1/subscriptions/{name}`, `.../pause`, `.../resume` | webhook subscriptions (with a `url`) and pull consumers (without) |
 //! | `POST /v1/subscriptions/{name}/claim \| ack \| nack \| extend` | pull consumers: leased deliveries |
+//! | `GET, POST /v1/cron`, `GET, DELETE /v1/cron/{name}`, `.../pause`, `.../resume` | cron schedules of this server: next fire times, last tick and its event |
 //! | `GET /v1/stats`, `GET /metrics`, `GET /healthz`, `GET /readyz` | counts, Prometheus text, probes |
 //! | `GET /v1/stats/history`, `GET /v1/stats/stream` | throughput and lateness a second over the last 15 minutes; the same live as Server-Sent Events |
 //! | `GET /` | the web dashboard (its page and assets load without a token; its calls need one) |
@@ -42,6 +43,9 @@
 //! herald event EVENT_ID                                           # with deliveries and attempts
 //! herald retry DELIVERY_ID
 //! herald subs [list | pause NAME | resume NAME | delete NAME]
+//! herald cron add NAME --expr EXPR --topic TOPIC [--tz ZONE] [--payload JSON]
+//!                [--missed skip|catch-up-one] [--priority N] [--ttl 1h]
+//! herald cron [list | remove NAME | pause NAME | resume NAME]    # list: next fires, last outcome
 //! herald stats
 //! herald bench [--duration 10s] [--connections 64] [--server URL]  # HTTP publish load generator
 //! ```
@@ -53,6 +57,17 @@
 //! (`10m`). `events` prints `more: --after CURSOR` when there is a next page. A failure prints the
 //! API's message on stderr and exits 2 for a 4xx (or a bad argument), 1 otherwise (5xx, no
 //! connection: "is `herald serve` running at URL?").
+//!
+//! # Cron
+//! Schedules come from the config file's `[[cron]]` tables ([`CronEntry`]; checked at start: an
+//! invalid expression or zone fails the start and names the schedule) and from `POST /v1/cron`
+//! (kept in `cron.json` beside the embedded store, mode 0600, and declared again at start).
+//! Servers that share a store (`--store redis://...` or `postgres://...` with one `--namespace`)
+//! publish each tick once between them: every server publishes the tick's event with the
+//! idempotency key `cron:{name}:{tick}` and the store keeps one. Schedules are per server, like
+//! subscriptions: pause and remove act on the server that receives them, so servers that share a
+//! store should declare their schedules in the same config file. The embedded store is one process
+//! per file, so a cluster needs Redis or PostgreSQL.
 
 mod api;
 mod config;
@@ -61,7 +76,7 @@ mod server;
 mod store;
 mod telemetry;
 
-pub use config::{Config, ConfigError, ConfigLayer, StoreKind};
+pub use config::{Config, ConfigError, ConfigLayer, CronEntry, StoreKind};
 pub use server::{serve, shutdown_signal, ServeError, Server, ShutdownSignal};
 pub use store::open_store;
 pub use telemetry::install_recorder;

@@ -26,6 +26,9 @@ pub enum ServeError {
     /// The subscriptions saved by a previous run could not be restored.
     #[error("cannot restore the saved subscriptions: {0}")]
     Restore(String),
+    /// A cron schedule of the config file, or one saved by a previous run, was refused.
+    #[error("{0}")]
+    Cron(String),
     /// The herald runtime could not start.
     #[error("cannot start herald: {0}")]
     Herald(#[from] herald::Error),
@@ -71,6 +74,17 @@ impl Server {
         let restored = api::restore_subscriptions(&state).await.map_err(ServeError::Restore)?;
         if restored > 0 {
             tracing::info!(count = restored, "herald: restored the saved subscriptions");
+        }
+        let restored = match api::start_crons(&state).await {
+            Ok(n) => n,
+            Err(e) => {
+                // The runtime is up: stop it before failing the start.
+                let _ = state.herald().shutdown(Duration::from_secs(1)).await;
+                return Err(ServeError::Cron(e));
+            }
+        };
+        if restored > 0 {
+            tracing::info!(count = restored, "herald: restored the saved cron schedules");
         }
         let app = api::router(state.clone());
         let (stop, mut stopped) = watch::channel(false);

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cloudevents;
+mod cron;
 mod error;
 mod events;
 mod pull;
@@ -29,6 +30,7 @@ use serde::Deserialize;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::{Config, StoreKind};
+pub(crate) use cron::start as start_crons;
 pub(crate) use error::ApiError;
 pub(crate) use subscriptions::{restore as restore_subscriptions, Registry};
 
@@ -44,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) subscriptions: Registry,
+    /// The cron schedules made through the API.
+    pub(crate) crons: cron::CronRegistry,
     /// The client webhooks are sent with.
     pub(crate) http: webhook::Client,
     /// The dashboard's recent past, sampled each second.
@@ -54,12 +58,14 @@ impl AppState {
     pub(crate) fn new(herald: Herald, config: Config, metrics: Option<PrometheusHandle>) -> Self {
         // With the embedded store, API-made subscriptions are kept beside it across restarts.
         let saved = (config.store == StoreKind::Sqlite).then(|| config.data.join("subscriptions.json"));
+        let saved_crons = (config.store == StoreKind::Sqlite).then(|| config.data.join("cron.json"));
         let state = AppState(Arc::new(Shared {
             herald,
             config,
             closing: AtomicBool::new(false),
             metrics,
             subscriptions: Registry::new(saved),
+            crons: cron::CronRegistry::new(saved_crons),
             http: webhook::client(),
             history: crate::dashboard::History::default(),
         }));
@@ -166,6 +172,12 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/v1/subscriptions/{name}/ack", post(pull::ack)),
         (Method::POST, "/v1/subscriptions/{name}/nack", post(pull::nack)),
         (Method::POST, "/v1/subscriptions/{name}/extend", post(pull::extend)),
+        (Method::GET, "/v1/cron", get(cron::list)),
+        (Method::POST, "/v1/cron", post(cron::create)),
+        (Method::GET, "/v1/cron/{name}", get(cron::detail)),
+        (Method::DELETE, "/v1/cron/{name}", axum::routing::delete(cron::delete)),
+        (Method::POST, "/v1/cron/{name}/pause", post(cron::pause)),
+        (Method::POST, "/v1/cron/{name}/resume", post(cron::resume)),
         (Method::GET, "/v1/stats", get(system::stats)),
         (Method::GET, "/v1/stats/history", get(crate::dashboard::history)),
         (Method::GET, "/v1/stats/stream", get(crate::dashboard::stream)),

@@ -178,7 +178,8 @@ impl Registry {
     }
 }
 
-fn write_private(file: &std::path::Path, definitions: &[&CreateInput]) -> std::io::Result<()> {
+/// Writes `definitions` as JSON to `file`: a new file (mode 0600) synced and renamed over the old.
+pub(super) fn write_private<T: Serialize>(file: &std::path::Path, definitions: &[T]) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = file.with_extension("json.tmp");
     let mut options = std::fs::OpenOptions::new();

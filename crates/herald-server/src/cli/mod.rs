@@ -1,5 +1,5 @@
 //! The client subcommands of `herald`: publish, schedule, cancel, request, events, event, retry,
-//! subs and stats, as clients of the HTTP API. Human tables by default, the API's JSON with `--json`.
+//! subs, cron and stats, as clients of the HTTP API. Human tables by default, the API's JSON with `--json`.
 
 pub(crate) mod bench;
 mod client;
@@ -52,6 +52,8 @@ pub(crate) enum ClientCommand {
     Retry(IdArgs),
     /// Lists, pauses, resumes or deletes subscriptions.
     Subs(SubsArgs),
+    /// Adds, lists, pauses, resumes or removes cron schedules (on the server it talks to).
+    Cron(CronArgs),
     /// Counts events and deliveries by status.
     Stats(ConnOnly),
 }
@@ -206,6 +208,64 @@ pub(crate) enum SubsAction {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct CronArgs {
+    #[command(subcommand)]
+    action: Option<CronAction>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CronAction {
+    /// Adds a schedule, or replaces the one of that name.
+    Add(CronAddArgs),
+    /// Lists schedules with their next fire times and last outcome (the default).
+    List,
+    /// Removes a schedule from the server; past ticks' events stay.
+    Remove {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Pauses a schedule on the server (servers sharing its store that declare it go on).
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Resumes a paused schedule from its next tick.
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CronAddArgs {
+    /// The schedule's name, such as nightly-report.
+    name: String,
+    /// The cron expression: 5 fields, or 6 with seconds first ('0 3 * * *', '*/10 * * * * *').
+    #[arg(long)]
+    expr: String,
+    /// The topic of its events.
+    #[arg(long)]
+    topic: String,
+    /// The IANA time zone the expression is read in [default: UTC].
+    #[arg(long)]
+    tz: Option<String>,
+    /// The payload of every tick's event as JSON [default: {"name", "tick"}].
+    #[arg(long)]
+    payload: Option<String>,
+    /// Ticks missed while no server ran it: skip, or catch-up-one (fire the latest on start).
+    #[arg(long, value_parser = ["skip", "catch-up-one"])]
+    missed: Option<String>,
+    /// Priority 0..=10 of its events.
+    #[arg(long)]
+    priority: Option<u8>,
+    /// Each tick's event expires if not started within this long (`1h`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct ConnOnly {
     #[command(flatten)]
     conn: Conn,
@@ -255,6 +315,7 @@ async fn dispatch(command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Event(a) => event(a).await,
         ClientCommand::Retry(a) => retry(a).await,
         ClientCommand::Subs(a) => subs(a).await,
+        ClientCommand::Cron(a) => cron(a).await,
         ClientCommand::Stats(a) => stats(a).await,
     }
 }
@@ -569,6 +630,110 @@ async fn subs(a: SubsArgs) -> Result<(), CliError> {
                 println!("deleted subscription {name}; cancelled {n} unfinished deliveries");
             }
         }
+    }
+    Ok(())
+}
+
+/// `in 5m, in 1h 5m, in 2h 5m`: the first `n` of a schedule's next fire times.
+fn next_fires(cron: &Value, n: usize) -> String {
+    let next = cron["next"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if next.is_empty() {
+        return "-".to_owned();
+    }
+    next.iter().take(n).map(relative).collect::<Vec<_>>().join(", ")
+}
+
+fn cron_table(items: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "NAME",
+        "SCHEDULE",
+        "TOPIC",
+        "STATE",
+        "NEXT FIRES",
+        "LAST TICK",
+        "OUTCOME",
+        "LAST ERROR",
+    ]);
+    for c in items {
+        let schedule = match c["tz"].as_str() {
+            Some("UTC") | None => text(&c["expr"]),
+            Some(tz) => format!("{} ({tz})", text(&c["expr"])),
+        };
+        let last = &c["last"];
+        table.row(vec![
+            text(&c["name"]),
+            schedule,
+            text(&c["topic"]),
+            if c["paused"].as_bool() == Some(true) {
+                "paused"
+            } else {
+                "running"
+            }
+            .to_owned(),
+            next_fires(c, 3),
+            if last.is_null() {
+                "-".to_owned()
+            } else {
+                relative(&last["tick"])
+            },
+            if last.is_null() {
+                "-".to_owned()
+            } else {
+                text(&last["status"])
+            },
+            clip(&text(&c["last_error"]), 50),
+        ]);
+    }
+    table
+}
+
+async fn cron(a: CronArgs) -> Result<(), CliError> {
+    let client = connect(&a.conn)?;
+    let answer = match a.action.unwrap_or(CronAction::List) {
+        CronAction::List => {
+            let answer = client.get("/v1/cron", &[]).await?;
+            if printed_json(&a.conn, &answer) {
+                return Ok(());
+            }
+            let items = answer.json["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if items.is_empty() {
+                println!("no cron schedules");
+            } else {
+                print!("{}", cron_table(items).render());
+            }
+            return Ok(());
+        }
+        CronAction::Add(add) => {
+            let mut body = json!({ "name": add.name, "expr": add.expr, "topic": add.topic });
+            if let Some(tz) = add.tz {
+                body["tz"] = json!(tz);
+            }
+            if let Some(p) = add.payload {
+                body["payload"] = payload(Some(&p))?;
+            }
+            if let Some(m) = add.missed {
+                body["missed"] = json!(m);
+            }
+            if let Some(p) = add.priority {
+                body["priority"] = json!(p);
+            }
+            if let Some(t) = add.ttl {
+                body["ttl_ms"] = json!(ms(t));
+            }
+            client.post("/v1/cron", Some(&body)).await?
+        }
+        CronAction::Remove { name } => {
+            let answer = client.delete(&format!("/v1/cron/{}", encode(&name))).await?;
+            if !printed_json(&a.conn, &answer) {
+                println!("removed cron schedule {name}; the events of its past ticks stay");
+            }
+            return Ok(());
+        }
+        CronAction::Pause { name } => client.post(&format!("/v1/cron/{}/pause", encode(&name)), None).await?,
+        CronAction::Resume { name } => client.post(&format!("/v1/cron/{}/resume", encode(&name)), None).await?,
+    };
+    if !printed_json(&a.conn, &answer) {
+        print!("{}", cron_table(std::slice::from_ref(&answer.json)).render());
     }
     Ok(())
 }
