@@ -93,6 +93,25 @@
 //! - Connection and response timeouts are on by default (5 s and 10 s); tests on tokio's paused
 //!   clock turn them off ([`RedisStoreBuilder::timeouts`]), because a paused clock jumps ahead
 //!   while the runtime waits for the network.
+//! - Durable means as durable as the server is configured: with `appendonly yes` and
+//!   `appendfsync always`, every publish that returned `Ok` survives a crash of Redis itself (the
+//!   restart test kills the server with SIGKILL); with the default `everysec` up to a second of
+//!   acknowledged changes can be lost when Redis (not herald) crashes.
+//! - While Redis is unreachable, a call waits while the connection manager retries (a few
+//!   seconds, backing off to 1 s between attempts) and then fails with
+//!   [`StoreError::Unavailable`]; the runtime's workers retry on their own, and a publisher gets
+//!   the error.
+//! - Concurrent publishes are grouped: one script call carries everything that queued up while
+//!   the previous one ran (up to 256 events), so many publishers cost few round trips.
+//!
+//! ## Tests and benchmarks
+//!
+//! `tests/conformance.rs` runs the herald-testkit suite against the Redis at `127.0.0.1:6379`,
+//! each case under its own random prefix; `tests/cluster.rs` runs it on a private cluster-mode
+//! `redis-server`; `tests/nodes.rs` runs three real node processes (and uses `faketime` for
+//! clock skew); `tests/restart.rs` kills and restarts a private `redis-server`.
+//! `cargo bench -p herald-redis` prints `BENCH redis_e2e ...` (two nodes, 32 workers each,
+//! against `redis-benchmark -t lpush -P 1`) and `BENCH redis_lateness ...`.
 
 mod codec;
 mod ext;
@@ -194,7 +213,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects, reads the server's clock and subscribes to wakeups.
+    /// Connects, reads the server's clock and subscribes to wakeups. Call it inside a tokio
+    /// runtime: the store starts two tasks on it (the wakeup listener and the publisher).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_redis::ConnectError> {
