@@ -257,6 +257,15 @@ impl PostgresStoreBuilder {
         if config.get_application_name().is_none() {
             config.application_name("herald");
         }
+        // Notice a server that vanished without closing its connections (a host gone, a cable
+        // pulled) in about a minute rather than TCP's two hours: the listener then reconnects and
+        // statements fail instead of hanging. Socket options, so no timers run in the process.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config
+                .keepalives_idle(Duration::from_secs(30))
+                .keepalives_interval(Duration::from_secs(10))
+                .keepalives_retries(3);
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
+/// How long a reconnect waits for the server to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the listener needs to run.
 pub(crate) struct Listener {
     pub(crate) config: tokio_postgres::Config,
@@ -45,10 +48,15 @@ pub(crate) async fn start(listener: Listener) -> Result<(), tokio_postgres::Erro
 async fn run(l: Listener, ready: oneshot::Sender<Result<(), tokio_postgres::Error>>) {
     let mut ready = Some(ready);
     let mut wait = RECONNECT_MIN;
+    // Reconnects give up on a server that does not answer; the first connect has no timer, so
+    // that it cannot fire early on a paused test clock.
+    let mut reconnect = l.config.clone();
+    reconnect.connect_timeout(CONNECT_TIMEOUT);
     loop {
+        let config = if ready.is_some() { &l.config } else { &reconnect };
         let session = tokio::select! {
             _ = l.stop.cancelled() => return,
-            s = session(&l) => s,
+            s = session(config, &l.channel) => s,
         };
         match session {
             Ok((client, mut notifications)) => {
@@ -95,9 +103,10 @@ async fn run(l: Listener, ready: oneshot::Sender<Result<(), tokio_postgres::Erro
 /// Connects, starts LISTEN, and returns the client (the connection lives as long as it does) with
 /// the notifications that arrive on it; the receiver ends when the connection does.
 async fn session(
-    l: &Listener,
+    config: &tokio_postgres::Config,
+    channel: &str,
 ) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<Notification>), tokio_postgres::Error> {
-    let (client, mut connection) = l.config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -117,7 +126,7 @@ async fn session(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {}", crate::schema::quoted(&l.channel)))
+        .batch_execute(&format!("LISTEN {}", crate::schema::quoted(channel)))
         .await?;
     Ok((client, rx))
 }

@@ -154,7 +154,8 @@ impl Statements {
                              WHERE d.id = ANY($1::uuid[]) AND d.status = 8 ORDER BY d.id FOR UPDATE),
                  held AS (SELECT DISTINCT ON (l.id) l.id, l.event, l.attempts, o.verdict, o.fin, o.at, o.err,
                                  o.reply, o.ord
-                            FROM locked l JOIN o ON o.id = l.id AND o.token = l.token ORDER BY l.id, o.ord),
+                            FROM locked l JOIN o ON o.id = l.id AND o.token = l.token AND o.verdict BETWEEN 1 AND 4
+                           ORDER BY l.id, o.ord),
                  upd AS (UPDATE {{s}}.deliveries d
                             SET status = CASE h.verdict WHEN 1 THEN 1 WHEN 2 THEN 7 WHEN 3 THEN 4 ELSE 6 END,
                                 due = CASE WHEN h.verdict = 2 THEN h.at ELSE d.due END,
