@@ -5,12 +5,13 @@
 //!
 //! Every publish that returned `Ok` is handled; publishes during the outage return errors (never
 //! a silent loss); the same runtime goes on once the server is back, without a restart of its own.
-//! Skipped, with a message, where the PostgreSQL binaries are missing.
+//! Skipped, with a message, where the PostgreSQL server binaries are missing (`$HERALD_PG_BIN`, else
+//! the newest `/usr/lib/postgresql/*/bin`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -20,7 +21,24 @@ use herald_core::{Context, DeliveryStatus, EventId, HandlerError, Herald, Subscr
 use herald_postgres::PostgresStore;
 use tokio::sync::Notify;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where the server's binaries are: `$HERALD_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`
+/// (Debian's layout).
+fn bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("HERALD_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").exists() && bin.join("postgres").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
 const DEADLINE: Duration = Duration::from_secs(90);
 
 /// The uid and gid to run PostgreSQL as: `postgres` when we are root (it refuses to run as root),
@@ -54,20 +72,21 @@ fn as_server_user(cmd: &mut Command) -> &mut Command {
 /// A private PostgreSQL: its directory, port and (while it runs) its postmaster. Stopped and
 /// removed when dropped, also when the test panics.
 struct PrivateServer {
+    bin: PathBuf,
     dir: PathBuf,
     port: u16,
     postmaster: Option<Child>,
 }
 
 impl PrivateServer {
-    fn init() -> PrivateServer {
+    fn init(bin: PathBuf) -> PrivateServer {
         let dir = std::env::temp_dir().join(format!("herald-pg-restart-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if let Some((uid, gid)) = server_user() {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
         }
-        let out = as_server_user(Command::new(format!("{BIN}/initdb")).args([
+        let out = as_server_user(Command::new(bin.join("initdb")).args([
             "-D",
             dir.join("data").to_str().unwrap(),
             "-U",
@@ -92,6 +111,7 @@ impl PrivateServer {
             .unwrap()
             .port();
         PrivateServer {
+            bin,
             dir,
             port,
             postmaster: None,
@@ -104,7 +124,7 @@ impl PrivateServer {
 
     /// Starts the postmaster and waits until it accepts connections (it says so on stderr).
     fn start(&mut self) {
-        let mut child = as_server_user(Command::new(format!("{BIN}/postgres")).args([
+        let mut child = as_server_user(Command::new(self.bin.join("postgres")).args([
             "-D",
             self.dir.join("data").to_str().unwrap(),
             "-p",
@@ -156,17 +176,16 @@ impl Drop for PrivateServer {
     }
 }
 
-fn binaries_missing() -> bool {
-    !Path::new(&format!("{BIN}/initdb")).exists() || !Path::new(&format!("{BIN}/postgres")).exists()
-}
-
 #[test]
 fn a_server_restart_loses_no_acknowledged_event() {
-    if binaries_missing() {
-        println!("SKIPPED a_server_restart_loses_no_acknowledged_event: no PostgreSQL binaries in {BIN} (apt-get install postgresql)");
+    let Some(bin) = bin() else {
+        println!(
+            "SKIPPED a_server_restart_loses_no_acknowledged_event: no PostgreSQL server binaries in \
+             /usr/lib/postgresql/*/bin nor $HERALD_PG_BIN (apt-get install postgresql)"
+        );
         return;
-    }
-    let mut server = PrivateServer::init();
+    };
+    let mut server = PrivateServer::init(bin);
     server.start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
