@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: the `herald` binary serves it, headless Chromium (driven by
 //! playwright-core, tests/browser/dashboard.mjs) signs in with the token, sees an event published
 //! through the API, cancels a scheduled one, retries a dead delivery with a click, pauses a
-//! subscription, filters the list and takes a screenshot, whose path is printed as
+//! subscription, sees the cron schedules (next fires, last outcome) and pauses one, filters the
+//! list and takes a screenshot, whose path is printed as
 //! `ARTIFACT screenshot=<path>`.
 //!
 //! Needs Debian's `chromium` and `npm ci` in tests/browser. Without them the test says SKIP and
@@ -225,6 +226,18 @@ async fn seed(api: &Api) -> Seeded {
         .await;
     api.publish(json!({"topic": "shipment.ready", "payload": {"order": 7102, "carrier": "dhl"}}))
         .await;
+    // Cron schedules: one far off, one every two seconds (it has a last tick by the time the page
+    // looks).
+    api.post(
+        "/v1/cron",
+        json!({"name": "nightly-report", "expr": "0 3 * * *", "topic": "report.nightly", "tz": "Europe/Berlin"}),
+    )
+    .await;
+    api.post(
+        "/v1/cron",
+        json!({"name": "heartbeat", "expr": "*/2 * * * * *", "topic": "clock.heartbeat", "payload": {"ok": true}}),
+    )
+    .await;
     let event = api
         .publish(json!({
             "topic": "order.paid",
@@ -311,6 +324,8 @@ async fn the_dashboard_shows_an_event_and_retries_a_dead_delivery_in_chromium() 
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     let sub = api.get("/v1/subscriptions/audit-hook").await;
     assert_eq!(sub["paused"], true, "{sub}");
+    let nightly = api.get("/v1/cron/nightly-report").await;
+    assert_eq!(nightly["paused"], true, "{nightly}");
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG: {}", screenshot.display());
     announce(&format!("ARTIFACT screenshot={}", screenshot.display()));

@@ -1,6 +1,7 @@
 // herald dashboard: a client of the /v1 API, in plain JavaScript. Counts and charts follow
 // GET /v1/stats/stream (read with fetch, so that it carries the bearer token); the events list,
-// the detail pane and the subscriptions are read from the API and refreshed when counts move.
+// the detail pane, the subscriptions and the cron schedules are read from the API and refreshed when counts
+// move or every few seconds.
 "use strict";
 
 const TOKEN_KEY = "herald.token";
@@ -301,7 +302,15 @@ function maybeRefresh() {
     if (state.selected) loadDetail(state.selected, { quiet: true });
   }
   state.samplesSinceSubs += 1;
-  if (state.samplesSinceSubs >= 5) loadSubscriptions();
+  if (state.samplesSinceSubs >= 5) {
+    loadSubscriptions();
+    loadCrons();
+  } else {
+    // Next fire times count down between reads; a tick that passed brings the next read forward.
+    const now = Date.now();
+    if (state.crons.some((c) => !c.paused && c.next.length && new Date(c.next[0]).getTime() <= now - 500)) loadCrons();
+    else showCrons();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -879,6 +888,85 @@ async function setPaused(name, action, button) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cron schedules
+
+async function loadCrons() {
+  try {
+    state.crons = (await api("/v1/cron")).items || [];
+  } catch (e) {
+    return;
+  }
+  showCrons();
+}
+
+function showCrons() {
+  const items = state.crons;
+  $("#crons tbody").replaceChildren(...items.map(cronRow));
+  $("#crons-empty").hidden = items.length > 0;
+  const paused = items.filter((c) => c.paused).length;
+  $("#crons-caption").textContent = items.length ? `${items.length} · ${paused} paused · on this server` : "";
+}
+
+/** A fire time: `in 3s`, `in 5m`; never "just now" for one still ahead. */
+function fmtNext(iso) {
+  const ms = new Date(iso).getTime() - Date.now();
+  return ms > 0 && ms < 1500 ? "in 1s" : fmtRelative(iso);
+}
+
+function cronRow(c) {
+  const action = c.paused ? "resume" : "pause";
+  const now = Date.now();
+  const next = c.next.filter((t) => new Date(t).getTime() > now - 500);
+  const nextCell = next.length
+    ? [
+        el("span", { class: "first", title: next[0] }, fmtNext(next[0])),
+        el("span", { class: "then" }, next.length > 1 ? ` then ${next.slice(1, 3).map(fmtNext).join(", ")}` : ""),
+      ]
+    : el("span", { class: "muted" }, c.paused ? "paused" : "–");
+  const last = c.last
+    ? [
+        c.last.status ? badge(c.last.status) : el("span", { class: "muted" }, "purged"),
+        el("span", { class: "when", title: `tick ${c.last.tick} · event ${c.last.event_id}` }, fmtRelative(c.last.tick)),
+      ]
+    : el("span", { class: "muted" }, "not fired yet");
+  return el(
+    "tr",
+    { dataset: { cron: c.name, last: c.last ? c.last.status || "purged" : "none" } },
+    el("td", { class: "name" }, c.name, el("span", { class: "origin", title: "where it was declared" }, c.origin)),
+    el("td", { class: "expr" }, c.expr, el("small", {}, `${c.tz} · missed: ${c.missed}`)),
+    el("td", { class: "topic" }, c.topic),
+    el("td", { class: "next" }, nextCell),
+    el("td", { class: "last" }, last, c.last_error ? el("span", { class: "error", title: c.last_error }, c.last_error) : null),
+    el("td", {}, el("span", { class: `state ${c.paused ? "paused" : ""}` }, c.paused ? "Paused" : "Running")),
+    el(
+      "td",
+      { class: "action" },
+      el(
+        "button",
+        {
+          type: "button",
+          class: "small",
+          dataset: { action },
+          onclick: (ev) => setCronPaused(c.name, action, ev.currentTarget),
+        },
+        c.paused ? "Resume" : "Pause",
+      ),
+    ),
+  );
+}
+
+async function setCronPaused(name, action, button) {
+  button.disabled = true;
+  try {
+    await api(`/v1/cron/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+    toast(`Schedule ${name} ${action === "pause" ? "paused" : "resumed"} on this server`);
+  } catch (e) {
+    failed(`Could not ${action} ${name}`, e);
+  }
+  await loadCrons();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Start
 
 function wire() {
@@ -936,7 +1024,7 @@ async function start() {
   drawCharts();
   await loadHistory();
   const linked = /^#event=(.+)$/.exec(location.hash);
-  await Promise.all([loadEvents(), loadSubscriptions()]);
+  await Promise.all([loadEvents(), loadSubscriptions(), loadCrons()]);
   if (linked) select(decodeURIComponent(linked[1]));
   follow();
 }

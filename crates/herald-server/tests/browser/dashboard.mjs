@@ -1,5 +1,5 @@
 // Drives headless Chromium through the herald dashboard: sign in, see an event, cancel one, retry
-// a dead delivery, pause a subscription, filter the list, take a screenshot. tests/browser.rs starts the
+// a dead delivery, pause a subscription, see the cron schedules and pause one, filter the list, take a screenshot. tests/browser.rs starts the
 // server, makes the data and runs this script with:
 //   HERALD_URL         the server's base URL
 //   HERALD_TOKEN       the bearer token the page must ask for
@@ -110,6 +110,17 @@ try {
   const sub = page.locator('#subs tbody tr[data-subscription="audit-hook"]');
   await sub.locator('button[data-action="pause"]').click();
   await sub.locator(".state.paused").waitFor();
+
+  step("the schedules are listed with their next fires and last outcome; pause one with a click");
+  await page.waitForFunction(() => {
+    const row = document.querySelector('#crons tbody tr[data-cron="heartbeat"]');
+    return row && row.dataset.last !== "none";
+  });
+  const nightly = page.locator('#crons tbody tr[data-cron="nightly-report"]');
+  const next = await nightly.locator("td.next .first").textContent();
+  if (!next.startsWith("in ")) throw new Error(`the nightly report's next fire reads '${next}'`);
+  await nightly.locator('button[data-action="pause"]').click();
+  await nightly.locator(".state.paused").waitFor();
 
   step("filter the list by topic");
   await page.locator('#filters input[name="topic"]').fill("order.*");
