@@ -102,7 +102,8 @@
 //!   [`StoreError::Unavailable`]; the runtime's workers retry on their own, and a publisher gets
 //!   the error.
 //! - Concurrent publishes are grouped: one script call carries everything that queued up while
-//!   the previous one ran (up to 256 events), so many publishers cost few round trips.
+//!   the calls in flight ran (up to 256 events; at most 4 calls in flight), so many publishers
+//!   cost few round trips.
 //!
 //! ## Tests and benchmarks
 //!
@@ -134,7 +135,7 @@ use herald_core::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, ScriptInvocation, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use codec::{array, bytes, corrupt, int, string};
 use scripts::Scripts;
@@ -318,6 +319,9 @@ struct PublishJob {
 
 /// The most events the publisher sends in one script call.
 const PUBLISH_BATCH: usize = 256;
+
+/// How many publish script calls one store has in flight at most.
+const PUBLISH_IN_FLIGHT: usize = 4;
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -834,9 +838,15 @@ impl Store for RedisStore {
 }
 
 /// Sends queued publishes in batches: one script call for everything that queued up while the
-/// previous call ran. Runs until the store is dropped.
+/// calls in flight ran (at most [`PUBLISH_IN_FLIGHT`] at once, so that the round trip does not
+/// bound the rate). Runs until the store is dropped.
 async fn publish_batches(ctx: Arc<Ctx>, mut queue: mpsc::UnboundedReceiver<PublishJob>) {
+    let slots = Arc::new(Semaphore::new(PUBLISH_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
+        // Wait for a free slot before gathering: what arrives meanwhile joins this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut jobs = vec![first];
         let mut count = jobs[0].events.len();
         while count < PUBLISH_BATCH {
@@ -848,24 +858,32 @@ async fn publish_batches(ctx: Arc<Ctx>, mut queue: mpsc::UnboundedReceiver<Publi
                 Err(_) => break,
             }
         }
-        if jobs.len() == 1 {
-            let job = jobs.remove(0);
-            let _ = job.done.send(ctx.publish(&job.events).await);
-            continue;
-        }
-        let events: Vec<Event> = jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
-        match ctx.publish(&events).await {
-            Ok(published) => {
-                let mut rest = published.into_iter();
-                for job in jobs {
-                    let mine: Vec<Published> = rest.by_ref().take(job.events.len()).collect();
-                    let _ = job.done.send(Ok(mine));
-                }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            send_batch(&ctx, jobs).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn send_batch(ctx: &Ctx, mut jobs: Vec<PublishJob>) {
+    if jobs.len() == 1 {
+        let job = jobs.remove(0);
+        let _ = job.done.send(ctx.publish(&job.events).await);
+        return;
+    }
+    let events: Vec<Event> = jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
+    match ctx.publish(&events).await {
+        Ok(published) => {
+            let mut rest = published.into_iter();
+            for job in jobs {
+                let mine: Vec<Published> = rest.by_ref().take(job.events.len()).collect();
+                let _ = job.done.send(Ok(mine));
             }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.done.send(Err(copy_error(&e)));
-                }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.done.send(Err(copy_error(&e)));
             }
         }
     }
