@@ -30,7 +30,7 @@
 //! reads the server's `TIME` once and pins it to a tokio instant ([`Clock::starting_at`]); from
 //! then on it counts with tokio's monotonic clock, and passes `now` to every script as an argument
 //! (scripts never call `TIME`). A node whose system clock is off by seconds therefore still agrees
-//! with the others to the millisecond (give or take the round trip of the `TIME` read), neither
+//! with the others to the millisecond (the `TIME` read is corrected by half its round trip), neither
 //! firing a delay early nor stealing a live lease. A monotonic clock drifts by a few parts per
 //! million, so milliseconds over hours: reconnecting (a new store) re-reads `TIME`. Counting with
 //! tokio's clock is also what lets the conformance suite run this store on a paused clock.
@@ -238,8 +238,13 @@ impl RedisStoreBuilder {
         let mut conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unreachable)?;
+        // The server read its clock about half a round trip before the answer arrived.
+        let asked = std::time::Instant::now();
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unreachable)?;
-        let clock = Clock::starting_at(Timestamp::from_millis(secs * 1000 + micros / 1000));
+        let half_trip = i64::try_from(asked.elapsed().as_micros() / 2).unwrap_or(0);
+        let clock = Clock::starting_at(Timestamp::from_millis(
+            secs.saturating_mul(1000) + (micros + half_trip) / 1000,
+        ));
         let tag = format!("{{{}}}", self.prefix);
         let channel = format!("{tag}:wake");
         let node = format!("{:016x}", fastrand::u64(..));
