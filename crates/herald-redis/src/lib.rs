@@ -37,13 +37,17 @@
 //!
 //! ## Wakeups
 //!
-//! A script that makes a delivery due (publish, retry, release, requeue) publishes the due time on
-//! the channel `{prefix}:wake`; one that answers a request publishes the request's id. Each store
-//! listens on a dedicated pub/sub connection, so a delay published on node A arms node B's timer
-//! for its millisecond without polling. A claim announces when its leases run out (unless an
-//! earlier announcement is still ahead: the node it wakes asks the store for the next time), so
-//! the deliveries of a node that died are taken over when their leases end. After the listener loses its connection it resubscribes
-//! and reports [`Wakeup::Lagged`], on which the runtime re-asks the store.
+//! A script that makes a delivery due (publish, retry, release, requeue) publishes on the channel
+//! `{prefix}:wake`: `N` for a delivery ready at once (each node reads it as "due now" by its own
+//! clock), `D|<ms>` for a later due time; one that answers a request publishes `A|<event id>`. Each
+//! message starts with the publishing node's id, so a node skips its own (it hands those to its
+//! listeners as soon as the script returns). Each store listens on a dedicated pub/sub connection,
+//! so a delay published on node A arms node B's timer for its millisecond without polling.
+//!
+//! A claim announces when its leases run out (unless an earlier announcement is still ahead: the
+//! node it wakes asks the store for the next time), so the deliveries of a node that died are
+//! taken over by the others when their leases end. After the listener loses its connection it
+//! resubscribes and reports [`Wakeup::Lagged`], on which the runtime re-asks the store.
 //!
 //! ## Key layout
 //!
@@ -56,7 +60,7 @@
 //! | `{p}:subsver` | string | bumped on every routing change |
 //! | `{p}:e:<event id>` | hash | the event (`top`, `pay`, `pr`, `pub`, `dl`, `ex`, `ct`, `src`, `hd`, `key`, `rt`), its deliveries `ds`, `open` count |
 //! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `ex` and `rt` (the event's expiry and request flag), `tok` (lease token), `lu` (lease end), `ts` (start of the running attempt), `err`, `rep` |
-//! | `{p}:a:<delivery id>` | list | finished attempts, `number|started|finished|outcome|error` |
+//! | `{p}:a:<delivery id>` | list | finished attempts, `number\|started\|finished\|outcome\|error` |
 //! | `{p}:s:<sub>:sched` | zset | scheduled and retrying deliveries by due ms |
 //! | `{p}:s:<sub>:ready` | zset | due deliveries by `(10 - priority) * 2^42 + due ms`: priority first, then due time |
 //! | `{p}:s:<sub>:lease` | zset | leased deliveries by lease end |
