@@ -349,3 +349,49 @@ async fn cli_add_list_pause_resume_remove() {
     assert!(err.contains("no cron schedule named 'nope'"), "{err}");
     s.stop().await;
 }
+
+/// Schedules are per server: pausing one on the server that receives the call leaves it running
+/// on another server of the same store, whose ticks still reach the store (once each).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_acts_on_the_server_that_receives_it() {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    let mut c = config();
+    c.store = StoreKind::Redis("redis://127.0.0.1:6379".into());
+    c.namespace = format!("cronpause_{:016x}", h.finish());
+    c.cron = vec![CronEntry::new("beat", "* * * * * *", "clock.beat")];
+    let a = start(c.clone()).await;
+    let b = start(c).await;
+
+    let (status, paused) = a.post_empty("/v1/cron/beat/pause").await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(paused["paused"], true);
+    let (_, other) = b.get("/v1/cron/beat").await;
+    assert_eq!(other["paused"], false, "the other server goes on: {other}");
+
+    // A tick after the pause still makes its event (published by b), seen through a.
+    let after = herald::Timestamp::now_system() + std::time::Duration::from_millis(1500);
+    eventually("a tick after the pause", || async {
+        let (_, page) = a.get("/v1/events?topic=clock.beat&limit=5").await;
+        let items = page["items"].as_array()?.clone();
+        items
+            .iter()
+            .any(|e| {
+                e["headers"]["herald-cron-tick"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .is_some_and(|t| herald::Timestamp::from(t) > after)
+            })
+            .then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
