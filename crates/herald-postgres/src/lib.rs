@@ -90,6 +90,9 @@
 //!
 //! # Limits
 //! - No TLS yet: connect over loopback, a private network or a local socket.
+//! - Statements are prepared once per connection: behind a pooler in transaction mode, turn on
+//!   its support for prepared statements (PgBouncer 1.21 and later: `max_prepared_statements`).
+//!   Migrations need no session: their advisory lock is transaction-scoped.
 //! - [`Store::backlog`] is `None`: counting unfinished deliveries across nodes is a scan, so the
 //!   runtime's `max_pending` backpressure is off for this store.
 //! - [`Store::stats`] counts rows: it costs a scan of the deliveries (the runtime asks every 5 s
@@ -98,6 +101,7 @@
 mod codec;
 mod ext;
 mod listen;
+mod publish;
 mod read;
 mod schema;
 mod sql;
@@ -320,15 +324,19 @@ impl PostgresStoreBuilder {
         if !listening {
             listen::poll(hub.clone(), self.poll_interval, stop.clone());
         }
+        let db = Arc::new(Db {
+            pool,
+            sql: Statements::new(&schema::quoted(&self.schema)),
+            channel,
+            notify_prefix: format!("{node} "),
+            hub,
+        });
         Ok(PostgresStore {
             inner: Arc::new(Inner {
-                pool,
-                sql: Statements::new(&schema::quoted(&self.schema)),
+                publisher: publish::Publisher::start(db.clone(), clock),
+                db,
                 schema: self.schema,
                 clock,
-                channel,
-                notify_prefix: format!("{node} "),
-                hub,
                 listening,
                 stop,
             }),
@@ -371,76 +379,31 @@ impl fmt::Debug for PostgresStore {
 }
 
 struct Inner {
-    pool: Pool,
-    sql: Statements,
+    db: Arc<Db>,
+    publisher: publish::Publisher,
     schema: String,
     clock: Clock,
+    listening: bool,
+    stop: CancellationToken,
+}
+
+/// What every statement needs: the pool, the statements, and where wakeups go.
+pub(crate) struct Db {
+    pool: Pool,
+    sql: Statements,
     /// The NOTIFY channel.
     channel: String,
     /// `<node> `: what this node's notifications start with, so its listener skips them.
     notify_prefix: String,
     hub: Arc<WakeupHub>,
-    listening: bool,
-    stop: CancellationToken,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// How often a statement that collided with another (a deadlock, a serialization failure) is run
-/// again before the error is returned.
-const TRANSIENT_RETRIES: u32 = 8;
-
-/// What [`purge`](Store::purge) deletes per statement, so that a large purge does not hold locks
-/// on many rows at once.
-const PURGE_CHUNK: i64 = 1000;
-
-/// The error recorded on an attempt whose lease ran out.
-const LEASE_RAN_OUT: &str = "the lease ran out before an outcome was recorded";
-
-impl PostgresStore {
-    /// Connects with the default options (schema `herald`); see [`PostgresStore::builder`].
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_postgres::ConnectError> {
-    /// let store = herald_postgres::PostgresStore::connect("postgres://herald@127.0.0.1/app").await?;
-    /// assert_eq!(store.schema(), "herald");
-    /// # Ok(()) }
-    /// ```
-    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
-        Self::builder(url).connect().await
-    }
-
-    /// Configures a store on the database at `url` (`postgres://user:password@host:port/db`, or
-    /// the `key=value` form).
-    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
-        PostgresStoreBuilder {
-            url: url.into(),
-            schema: "herald".to_owned(),
-            pool_size: 16,
-            listen: true,
-            poll_interval: Duration::from_secs(1),
-        }
-    }
-
-    /// The schema the store's tables live in.
-    pub fn schema(&self) -> &str {
-        &self.inner.schema
-    }
-
-    /// Whether the store LISTENs for other nodes' wakeups (false: it polls).
-    pub fn is_listening(&self) -> bool {
-        self.inner.listening
-    }
-
+impl Db {
     /// Runs one statement (prepared once per connection), again if it collided with another.
-    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    pub(crate) async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         let mut tries = 0;
         loop {
-            let client = self.inner.pool.get().await.map_err(|e| StoreError::Unavailable {
+            let client = self.pool.get().await.map_err(|e| StoreError::Unavailable {
                 message: format!("no PostgreSQL connection: {e}"),
                 source: Some(Box::new(e)),
             })?;
@@ -457,8 +420,8 @@ impl PostgresStore {
     }
 
     /// Runs a statement built for one call (not prepared for reuse).
-    async fn rows_once(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
-        let client = self.inner.pool.get().await.map_err(|e| StoreError::Unavailable {
+    pub(crate) async fn rows_once(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let client = self.pool.get().await.map_err(|e| StoreError::Unavailable {
             message: format!("no PostgreSQL connection: {e}"),
             source: Some(Box::new(e)),
         })?;
@@ -482,21 +445,15 @@ impl PostgresStore {
     ) -> Result<Vec<Row>, StoreError> {
         let mut tries = 0;
         loop {
-            let client = self.inner.pool.get().await.map_err(|e| StoreError::Unavailable {
+            let client = self.pool.get().await.map_err(|e| StoreError::Unavailable {
                 message: format!("no PostgreSQL connection: {e}"),
                 source: Some(Box::new(e)),
             })?;
-            let publish = client
-                .prepare_cached(&self.inner.sql.publish)
-                .await
-                .map_err(store_error)?;
+            let publish = client.prepare_cached(&self.sql.publish).await.map_err(store_error)?;
             let result = match wake {
                 Some(payload) => {
-                    let notify = client
-                        .prepare_cached(&self.inner.sql.notify)
-                        .await
-                        .map_err(store_error)?;
-                    let notify_params: [&(dyn ToSql + Sync); 2] = [&self.inner.channel, &payload];
+                    let notify = client.prepare_cached(&self.sql.notify).await.map_err(store_error)?;
+                    let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payload];
                     let (rows, notified) =
                         tokio::join!(client.query(&publish, params), client.query(&notify, &notify_params));
                     if let Err(e) = notified {
@@ -514,12 +471,12 @@ impl PostgresStore {
         }
     }
 
-    fn due_prefix(&self) -> String {
-        format!("{}d", self.inner.notify_prefix)
+    pub(crate) fn due_prefix(&self) -> String {
+        format!("{}d", self.notify_prefix)
     }
 
     /// Records for `events` with their deliveries (and attempts).
-    async fn records(
+    pub(crate) async fn records(
         &self,
         events: Vec<(i64, Event)>,
         with_attempts: bool,
@@ -529,48 +486,19 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let seqs: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
-        let deliveries = self.rows(&self.inner.sql.deliveries, &[&seqs]).await?;
+        let deliveries = self.rows(&self.sql.deliveries, &[&seqs]).await?;
         let attempts = if with_attempts {
             let ids: Vec<Uuid> = deliveries.iter().map(|r| column(r, 1)).collect::<Result<_, _>>()?;
-            Some(self.rows(&self.inner.sql.attempts, &[&ids]).await?)
+            Some(self.rows(&self.sql.attempts, &[&ids]).await?)
         } else {
             None
         };
         read::records(events, &deliveries, attempts.as_deref(), now)
     }
-}
 
-#[async_trait]
-impl Store for PostgresStore {
-    fn clock(&self) -> Clock {
-        self.inner.clock
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::durable(true)
-    }
-
-    async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError> {
-        let regex = codec::pattern_regex(&subscription.pattern);
-        self.rows(
-            &self.inner.sql.declare,
-            &[&subscription.name.as_str(), &subscription.pattern.as_str(), &regex],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn remove_subscription(&self, subscription: &SubscriptionName) -> Result<u64, StoreError> {
-        let now = self.inner.clock.now().as_millis();
-        let rows = self
-            .rows(&self.inner.sql.remove, &[&subscription.as_str(), &now])
-            .await?;
-        let n: i64 = rows.first().map(|r| column(r, 0)).transpose()?.unwrap_or(0);
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
-        let now = self.inner.clock.now();
+    /// Stores `events` (the batches of every caller gathered meanwhile, see `publish`) with one
+    /// statement, announces the earliest due time, and answers for each event in order.
+    pub(crate) async fn publish(&self, events: &[Event], now: Timestamp) -> Result<Vec<Published>, StoreError> {
         // The same event twice in one batch is stored once: later copies are duplicates.
         let mut seen = std::collections::HashSet::with_capacity(events.len());
         let unique: Vec<&Event> = events.iter().filter(|e| seen.insert(e.id())).collect();
@@ -631,13 +559,13 @@ impl Store for PostgresStore {
             .collect();
         let mut holders: HashMap<String, Uuid> = HashMap::new();
         if !missing_keys.is_empty() {
-            for r in self.rows(&self.inner.sql.key_holders, &[&missing_keys]).await? {
+            for r in self.rows(&self.sql.key_holders, &[&missing_keys]).await? {
                 holders.insert(column(&r, 0)?, column(&r, 1)?);
             }
         }
         let mut out = Vec::with_capacity(events.len());
         let mut earliest: Option<Timestamp> = None;
-        for e in &events {
+        for e in events {
             match stored.remove(&e.id().as_uuid()) {
                 Some(n) => {
                     if n > 0 {
@@ -657,9 +585,103 @@ impl Store for PostgresStore {
             }
         }
         if let Some(t) = earliest {
-            self.inner.hub.send(Wakeup::Due(t));
+            self.hub.send(Wakeup::Due(t));
         }
         Ok(out)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How often a statement that collided with another (a deadlock, a serialization failure) is run
+/// again before the error is returned.
+const TRANSIENT_RETRIES: u32 = 8;
+
+/// What [`purge`](Store::purge) deletes per statement, so that a large purge does not hold locks
+/// on many rows at once.
+const PURGE_CHUNK: i64 = 1000;
+
+/// The error recorded on an attempt whose lease ran out.
+const LEASE_RAN_OUT: &str = "the lease ran out before an outcome was recorded";
+
+impl PostgresStore {
+    /// Connects with the default options (schema `herald`); see [`PostgresStore::builder`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_postgres::ConnectError> {
+    /// let store = herald_postgres::PostgresStore::connect("postgres://herald@127.0.0.1/app").await?;
+    /// assert_eq!(store.schema(), "herald");
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Configures a store on the database at `url` (`postgres://user:password@host:port/db`, or
+    /// the `key=value` form).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            schema: "herald".to_owned(),
+            pool_size: 16,
+            listen: true,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The schema the store's tables live in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Whether the store LISTENs for other nodes' wakeups (false: it polls).
+    pub fn is_listening(&self) -> bool {
+        self.inner.listening
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::durable(true)
+    }
+
+    async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError> {
+        let regex = codec::pattern_regex(&subscription.pattern);
+        self.inner
+            .db
+            .rows(
+                &self.inner.db.sql.declare,
+                &[&subscription.name.as_str(), &subscription.pattern.as_str(), &regex],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_subscription(&self, subscription: &SubscriptionName) -> Result<u64, StoreError> {
+        let now = self.inner.clock.now().as_millis();
+        let rows = self
+            .inner
+            .db
+            .rows(&self.inner.db.sql.remove, &[&subscription.as_str(), &now])
+            .await?;
+        let n: i64 = rows.first().map(|r| column(r, 0)).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.publisher.publish(events).await
     }
 
     async fn claim(
@@ -672,8 +694,10 @@ impl Store for PostgresStore {
         let lease_until = now + lease;
         let max_rows = i64::try_from(max).unwrap_or(i64::MAX);
         let rows = self
+            .inner
+            .db
             .rows(
-                &self.inner.sql.claim,
+                &self.inner.db.sql.claim,
                 &[
                     &subscription.as_str(),
                     &now.as_millis(),
@@ -717,7 +741,11 @@ impl Store for PostgresStore {
         let until = (self.inner.clock.now() + lease).as_millis();
         let ids: Vec<Uuid> = leases.iter().map(|l| l.delivery.as_uuid()).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| i64::try_from(l.token).unwrap_or(-1)).collect();
-        let rows = self.rows(&self.inner.sql.extend, &[&ids, &tokens, &until]).await?;
+        let rows = self
+            .inner
+            .db
+            .rows(&self.inner.db.sql.extend, &[&ids, &tokens, &until])
+            .await?;
         let mut held = std::collections::HashSet::with_capacity(rows.len());
         for r in &rows {
             held.insert((column::<Uuid>(r, 0)?, column::<i64>(r, 1)?));
@@ -760,10 +788,12 @@ impl Store for PostgresStore {
             errors.push(error);
             replies.push(reply);
         }
-        let prefix = &self.inner.notify_prefix;
+        let prefix = &self.inner.db.notify_prefix;
         let rows = self
+            .inner
+            .db
             .rows(
-                &self.inner.sql.complete,
+                &self.inner.db.sql.complete,
                 &[
                     &ids,
                     &tokens,
@@ -772,7 +802,7 @@ impl Store for PostgresStore {
                     &at,
                     &errors,
                     &replies,
-                    &self.inner.channel,
+                    &self.inner.db.channel,
                     prefix,
                     &now,
                 ],
@@ -789,8 +819,8 @@ impl Store for PostgresStore {
                 *slot = Completion::Applied;
             }
             match verdict {
-                2 | 4 => self.inner.hub.send(Wakeup::Due(due)),
-                1 | 3 if request => self.inner.hub.send(Wakeup::Answered(event)),
+                2 | 4 => self.inner.db.hub.send(Wakeup::Due(due)),
+                1 | 3 if request => self.inner.db.hub.send(Wakeup::Answered(event)),
                 _ => {}
             }
         }
@@ -803,7 +833,11 @@ impl Store for PostgresStore {
             CancelAs::Cancelled => status::CANCELLED,
             CancelAs::Expired => status::EXPIRED,
         };
-        let rows = self.rows(&self.inner.sql.cancel, &[&id.as_uuid(), &to, &now]).await?;
+        let rows = self
+            .inner
+            .db
+            .rows(&self.inner.db.sql.cancel, &[&id.as_uuid(), &to, &now])
+            .await?;
         let Some(r) = rows.first() else {
             return Ok(Cancelled::NotFound);
         };
@@ -816,11 +850,13 @@ impl Store for PostgresStore {
 
     async fn requeue(&self, id: DeliveryId) -> Result<Requeued, StoreError> {
         let now = self.inner.clock.now();
-        let prefix = self.due_prefix();
+        let prefix = self.inner.db.due_prefix();
         let rows = self
+            .inner
+            .db
             .rows(
-                &self.inner.sql.requeue,
-                &[&id.as_uuid(), &now.as_millis(), &self.inner.channel, &prefix],
+                &self.inner.db.sql.requeue,
+                &[&id.as_uuid(), &now.as_millis(), &self.inner.db.channel, &prefix],
             )
             .await?;
         let Some(r) = rows.first() else {
@@ -830,7 +866,7 @@ impl Store for PostgresStore {
         if code != status::DEAD {
             return Ok(Requeued::NotDead(codec::shown_status(code, ts(column(r, 1)?), now)?));
         }
-        self.inner.hub.send(Wakeup::Due(now));
+        self.inner.db.hub.send(Wakeup::Due(now));
         Ok(Requeued::Requeued)
     }
 
@@ -844,36 +880,42 @@ impl Store for PostgresStore {
         }
         let names: Vec<&str> = subscriptions.iter().map(SubscriptionName::as_str).collect();
         let rows = self
-            .rows(&self.inner.sql.next_due, &[&names, &after.as_millis()])
+            .inner
+            .db
+            .rows(&self.inner.db.sql.next_due, &[&names, &after.as_millis()])
             .await?;
         let t: Option<i64> = rows.first().map(|r| column(r, 0)).transpose()?.flatten();
         Ok(t.map(ts))
     }
 
     fn wakeups(&self) -> BoxStream<'static, Wakeup> {
-        self.inner.hub.subscribe()
+        self.inner.db.hub.subscribe()
     }
 
     async fn query(&self, filter: &EventFilter, page: PageRequest) -> Result<Page<EventRecord>, StoreError> {
         let now = self.inner.clock.now();
-        let (sql, args) = read::page_sql(&self.inner.sql.schema, filter, page, now);
+        let (sql, args) = read::page_sql(&self.inner.db.sql.schema, filter, page, now);
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
-        let rows = self.rows_once(&sql, &params).await?;
+        let rows = self.inner.db.rows_once(&sql, &params).await?;
         let events = read::events(&rows)?;
-        let records = self.records(events, false, now).await?;
+        let records = self.inner.db.records(events, false, now).await?;
         Ok(read::page(records, page))
     }
 
     async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
         let now = self.inner.clock.now();
-        let rows = self.rows(&self.inner.sql.get_event, &[&id.as_uuid()]).await?;
+        let rows = self
+            .inner
+            .db
+            .rows(&self.inner.db.sql.get_event, &[&id.as_uuid()])
+            .await?;
         let events = read::events(&rows)?;
-        Ok(self.records(events, true, now).await?.pop())
+        Ok(self.inner.db.records(events, true, now).await?.pop())
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
         let now = self.inner.clock.now().as_millis();
-        let rows = self.rows(&self.inner.sql.stats, &[&now]).await?;
+        let rows = self.inner.db.rows(&self.inner.db.sql.stats, &[&now]).await?;
         let mut by: HashMap<i32, u64> = HashMap::new();
         for r in &rows {
             let n: i64 = column(r, 1)?;
@@ -902,7 +944,9 @@ impl Store for PostgresStore {
         let mut total = 0;
         loop {
             let rows = self
-                .rows(&self.inner.sql.purge, &[&before.as_millis(), &PURGE_CHUNK])
+                .inner
+                .db
+                .rows(&self.inner.db.sql.purge, &[&before.as_millis(), &PURGE_CHUNK])
                 .await?;
             let n: i64 = rows.first().map(|r| column(r, 0)).transpose()?.unwrap_or(0);
             total += u64::try_from(n).unwrap_or(0);

@@ -1,6 +1,7 @@
 //! The statements, each one round trip and one transaction (a single statement in autocommit):
 //! data-modifying CTEs do the work of several statements at once, and `pg_notify` in the same
-//! statement announces what it made due, at its commit.
+//! statement announces what it made due, at its commit (except for publishes, whose NOTIFY
+//! follows in a transaction of its own: see `PostgresStore::publish_and_notify`).
 //!
 //! Every time that judges a due date or a lease comes in as a parameter from the store's clock;
 //! no statement reads the server's `now()`.
