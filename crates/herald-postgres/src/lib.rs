@@ -38,7 +38,10 @@
 //! - **Cheap claims**: one statement leases the best `n` pending deliveries (an index on
 //!   subscription, priority and due time), takes over leases that ran out, moves scheduled
 //!   deliveries that came due into the pending index, and ends expired ones; another statement
-//!   records a whole batch of outcomes; a publish batch is one statement (arrays, `unnest`).
+//!   records a whole batch of outcomes; a publish batch is one statement (arrays, `unnest`),
+//!   and the publishes of concurrent callers are gathered into one such statement (four lanes,
+//!   each taking whatever was queued while it was busy), so many callers publishing one event
+//!   each share a commit.
 //! - **At least once**: a node that dies leaves its deliveries leased; any node claims them again
 //!   once their leases run out, and the lost attempt is recorded as `lease_expired`.
 //! - **No silent loss in faults**: while the server is down or restarting, calls return
