@@ -58,8 +58,8 @@
 //! | --- | --- | --- |
 //! | `{p}:subs` | hash | subscription name → pattern |
 //! | `{p}:subsver` | string | bumped on every routing change |
-//! | `{p}:e:<event id>` | hash | the event (`top`, `pay`, `pr`, `pub`, `dl`, `ex`, `ct`, `src`, `hd`, `key`, `rt`), its deliveries `ds`, `open` count |
-//! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `ex` and `rt` (the event's expiry and request flag), `tok` (lease token), `lu` (lease end), `ts` (start of the running attempt), `err`, `rep` |
+//! | `{p}:e:<event id>` | hash | the event (`top`, `pay`, `pr`, `pub`, `dl`, `ex`, `ct`, `src`, `hd`, `key`, `rt`), its deliveries `ds`, how many are `open` (counted when there are several) |
+//! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `ex`, `rt` and `n` (the event's expiry, request flag and number of deliveries), `tok` (lease token), `lu` (lease end), `ts` (start of the running attempt), `err`, `rep` |
 //! | `{p}:a:<delivery id>` | list | finished attempts, `number\|started\|finished\|outcome\|error` |
 //! | `{p}:s:<sub>:sched` | zset | scheduled and retrying deliveries by due ms |
 //! | `{p}:s:<sub>:ready` | zset | due deliveries by `(10 - priority) * 2^42 + due ms`: priority first, then due time |

@@ -11,6 +11,7 @@ use redis::Script;
 const PRELUDE: &str = r#"
 local T = ARGV[1]
 local NOW = tonumber(ARGV[2])
+local NOWS = ARGV[2]
 local NODE = ARGV[3]
 local COUNTS = KEYS[1]
 local CHANNEL = T .. ':wake'
@@ -41,9 +42,10 @@ end
 local function ready(sub, did, prio, due)
   redis.call('ZADD', subkey(sub, 'ready'), rscore(prio, due), did)
 end
-local function close_one(eid)
-  if redis.call('HINCRBY', ekey(eid), 'open', -1) <= 0 then
-    redis.call('ZADD', T .. ':finished', n2s(NOW), eid)
+-- `n`: how many deliveries the event has (a delivery carries it): the only one needs no count.
+local function close_one(eid, n)
+  if n == '1' or redis.call('HINCRBY', ekey(eid), 'open', -1) <= 0 then
+    redis.call('ZADD', T .. ':finished', NOWS, eid)
   end
 end
 -- Finished attempts only: the running one is the delivery's `att` and `ts`.
@@ -77,7 +79,7 @@ local function flush_wakes()
   return WAKES
 end
 local function promote(sub)
-  local due = redis.call('ZRANGEBYSCORE', subkey(sub, 'sched'), '-inf', n2s(NOW))
+  local due = redis.call('ZRANGEBYSCORE', subkey(sub, 'sched'), '-inf', NOWS)
   for _, did in ipairs(due) do
     local d = redis.call('HMGET', dkey(did), 'st', 'prio', 'due')
     if d[1] == 'scheduled' or d[1] == 'retrying' then
@@ -85,7 +87,7 @@ local function promote(sub)
       ready(sub, did, tonumber(d[2]), tonumber(d[3]))
     end
   end
-  if #due > 0 then redis.call('ZREMRANGEBYSCORE', subkey(sub, 'sched'), '-inf', n2s(NOW)) end
+  if #due > 0 then redis.call('ZREMRANGEBYSCORE', subkey(sub, 'sched'), '-inf', NOWS) end
 end
 "#;
 
@@ -101,7 +103,8 @@ if version ~= ARGV[4] then return {'ROUTES'} end
 local out = {'OK', {}}
 local i = 6
 for _ = 1, tonumber(ARGV[5]) do
-  local eid, key, due, prio, exp, req = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local eid, key, dues, prio, exp, req = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local due = tonumber(dues)
   local nfields = tonumber(ARGV[i + 6])
   local fields_at = i + 7
   local nsubs = tonumber(ARGV[fields_at + nfields])
@@ -125,18 +128,18 @@ for _ = 1, tonumber(ARGV[5]) do
     count('events', 1)
     if nsubs == 0 then
       count('unrouted', 1)
-      redis.call('ZADD', T .. ':finished', n2s(NOW), eid)
+      redis.call('ZADD', T .. ':finished', NOWS, eid)
     else
       local st = 'scheduled'
       if due <= NOW then st = 'pending' end
       for j = 0, nsubs - 1 do
         local sub, did = ARGV[subs_at + 2 * j], ARGV[subs_at + 2 * j + 1]
-        redis.call('HSET', dkey(did), 'ev', eid, 'sub', sub, 'st', st, 'att', 0, 'due', n2s(due), 'prio', prio,
-          'tok', '', 'ex', exp, 'rt', req)
+        redis.call('HSET', dkey(did), 'ev', eid, 'sub', sub, 'st', st, 'att', 0, 'due', dues, 'prio', prio,
+          'tok', '', 'ex', exp, 'rt', req, 'n', nsubs)
         if st == 'pending' then
           ready(sub, did, prio, due)
         else
-          redis.call('ZADD', subkey(sub, 'sched'), n2s(due), did)
+          redis.call('ZADD', subkey(sub, 'sched'), dues, did)
         end
       end
       count(st, nsubs)
@@ -157,16 +160,16 @@ local sub, max, lease = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('HEXISTS', T .. ':subs', sub) == 0 then return {'UNKNOWN'} end
 local lu = NOW + lease
 local leases = subkey(sub, 'lease')
-local ran_out = redis.call('ZRANGEBYSCORE', leases, '-inf', n2s(NOW))
+local ran_out = redis.call('ZRANGEBYSCORE', leases, '-inf', NOWS)
 for _, did in ipairs(ran_out) do
   local d = redis.call('HMGET', dkey(did), 'st', 'prio', 'due', 'att', 'ts')
   if d[1] == 'active' then
     move(did, 'active', 'pending')
-    finish_attempt(did, d[4], d[5], n2s(NOW), 'lease_expired', 'the lease ran out before an outcome was recorded')
+    finish_attempt(did, d[4], d[5], NOWS, 'lease_expired', 'the lease ran out before an outcome was recorded')
     ready(sub, did, tonumber(d[2]), tonumber(d[3]))
   end
 end
-if #ran_out > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', n2s(NOW)) end
+if #ran_out > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', NOWS) end
 promote(sub)
 local out = {'OK', {}}
 local taken = 0
@@ -179,15 +182,15 @@ while taken < max do
   for b = 1, #batch, 2 do
     local did = batch[b]
     local dk = dkey(did)
-    local d = redis.call('HMGET', dk, 'st', 'ev', 'att', 'due', 'ex')
+    local d = redis.call('HMGET', dk, 'st', 'ev', 'att', 'due', 'ex', 'n')
     if d[1] == 'pending' then
       if d[5] and d[5] ~= '' and tonumber(d[5]) <= NOW then
         move(did, 'pending', 'expired')
-        close_one(d[2])
+        close_one(d[2], d[6])
       else
         token = token + 1
         local att = tonumber(d[3]) + 1
-        redis.call('HSET', dk, 'st', 'active', 'att', att, 'tok', token, 'lu', n2s(lu), 'ts', n2s(NOW))
+        redis.call('HSET', dk, 'st', 'active', 'att', att, 'tok', token, 'lu', n2s(lu), 'ts', NOWS)
         count('pending', -1)
         count('active', 1)
         leased[#leased + 1] = n2s(lu)
@@ -238,7 +241,7 @@ local out = {{}}
 for i = 4, #ARGV, 6 do
   local did, token, kind, fin, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local dk = dkey(did)
-  local d = redis.call('HMGET', dk, 'st', 'tok', 'ev', 'sub', 'due', 'prio', 'att', 'ts', 'rt')
+  local d = redis.call('HMGET', dk, 'st', 'tok', 'ev', 'sub', 'due', 'prio', 'att', 'ts', 'rt', 'n')
   if d[1] ~= 'active' or d[2] ~= token then
     out[#out + 1] = 0
   else
@@ -253,7 +256,7 @@ for i = 4, #ARGV, 6 do
       end
       count('active', -1)
       count('succeeded', 1)
-      close_one(eid)
+      close_one(eid, d[10])
       if d[9] == '1' then wake_answered(eid) end
     elseif kind == 'R' then
       finish_attempt(did, d[7], d[8], fin, 'failed', b)
@@ -267,7 +270,7 @@ for i = 4, #ARGV, 6 do
       redis.call('HSET', dk, 'st', 'dead', 'err', a)
       count('active', -1)
       count('dead', 1)
-      close_one(eid)
+      close_one(eid, d[10])
       if d[9] == '1' then wake_answered(eid) end
     else
       redis.call('HSET', dk, 'st', 'pending', 'att', tonumber(d[7]) - 1)
@@ -291,12 +294,12 @@ local ds = redis.call('HGET', ekey(eid), 'ds')
 if not ds then return -1 end
 local n = 0
 for did in string.gmatch(ds, '%S+') do
-  local d = redis.call('HMGET', dkey(did), 'st', 'sub')
+  local d = redis.call('HMGET', dkey(did), 'st', 'sub', 'n')
   if d[1] == 'scheduled' or d[1] == 'pending' or d[1] == 'retrying' then
     move(did, d[1], to)
     redis.call('ZREM', subkey(d[2], 'sched'), did)
     redis.call('ZREM', subkey(d[2], 'ready'), did)
-    close_one(eid)
+    close_one(eid, d[3])
     n = n + 1
   end
 end
@@ -307,13 +310,13 @@ return n
 /// ARGV[4]: delivery id. Returns `{'NOTFOUND'}`, `{'NOTDEAD', status}` or `{'OK', wakes}`.
 const REQUEUE: &str = r#"
 local did = ARGV[4]
-local d = redis.call('HMGET', dkey(did), 'st', 'ev', 'sub', 'prio')
+local d = redis.call('HMGET', dkey(did), 'st', 'ev', 'sub', 'prio', 'n')
 if not d[1] then return {'NOTFOUND'} end
 if d[1] ~= 'dead' then return {'NOTDEAD', d[1]} end
 move(did, 'dead', 'pending')
-redis.call('HSET', dkey(did), 'due', n2s(NOW))
+redis.call('HSET', dkey(did), 'due', NOWS)
 ready(d[3], did, tonumber(d[4]), NOW)
-redis.call('HINCRBY', ekey(d[2]), 'open', 1)
+if d[5] ~= '1' then redis.call('HINCRBY', ekey(d[2]), 'open', 1) end
 redis.call('ZREM', T .. ':finished', d[2])
 wake_due(NOW)
 return {'OK', flush_wakes()}
@@ -337,10 +340,10 @@ redis.call('INCR', T .. ':subsver')
 local n = 0
 for _, kind in ipairs({'sched', 'ready', 'lease'}) do
   for _, did in ipairs(redis.call('ZRANGE', subkey(sub, kind), 0, -1)) do
-    local d = redis.call('HMGET', dkey(did), 'st', 'ev')
+    local d = redis.call('HMGET', dkey(did), 'st', 'ev', 'n')
     if d[1] == 'scheduled' or d[1] == 'pending' or d[1] == 'retrying' or d[1] == 'active' then
       move(did, d[1], 'cancelled')
-      close_one(d[2])
+      close_one(d[2], d[3])
       n = n + 1
     end
   end
