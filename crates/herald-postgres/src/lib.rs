@@ -292,15 +292,19 @@ impl PostgresStoreBuilder {
             source: Some(Box::new(e)),
         })?;
         schema::migrate(&mut client, &self.schema).await?;
-        let now: i64 = client
-            .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])
+        // The server's clock, read in microseconds and taken as of half the round trip before the
+        // answer arrived.
+        let asked = tokio::time::Instant::now();
+        let now_us: i64 = client
+            .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8", &[])
             .await
             .and_then(|r| r.try_get(0))
             .map_err(|e| ConnectError::Unreachable {
                 message: e.to_string(),
                 source: Some(Box::new(e)),
             })?;
-        let clock = Clock::starting_at(Timestamp::from_millis(now));
+        let half_trip = i64::try_from(asked.elapsed().as_micros() / 2).unwrap_or(0);
+        let clock = Clock::starting_at(Timestamp::from_millis((now_us + half_trip) / 1000));
         drop(client);
 
         let node = format!("{:016x}", fastrand::u64(..));
