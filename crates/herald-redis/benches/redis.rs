@@ -210,6 +210,9 @@ fn e2e(rt: &Runtime, c: Option<&mut Criterion>, sizes: &Sizes) {
                             let base = tokio::task::spawn_blocking(move || baseline(requests)).await.unwrap();
                             bases.lock().unwrap().push(base);
                             let d = e2e_round(nodes, counter, n).await;
+                            if std::env::var_os("HERALD_BENCH_VERBOSE").is_some() {
+                                eprintln!("round: {:.0}/s, baseline {base:.0}/s", n as f64 / d.as_secs_f64());
+                            }
                             rates.lock().unwrap().push(n as f64 / d.as_secs_f64());
                             total += d;
                         }

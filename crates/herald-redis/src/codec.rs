@@ -139,6 +139,10 @@ pub(crate) fn opt_bytes(v: Value) -> Result<Option<Vec<u8>>, StoreError> {
     }
 }
 
+fn text_lossy(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 pub(crate) fn string(v: Value) -> Result<String, StoreError> {
     String::from_utf8(bytes(v)?).map_err(|_| corrupt("a string that is not UTF-8"))
 }
@@ -190,7 +194,7 @@ fn attempt(v: Value) -> Result<Attempt, StoreError> {
 
 /// An event record from one entry of the `READ` script. A scheduled or retrying delivery whose
 /// time has come shows as pending, whether or not a claim has moved it yet.
-pub(crate) fn record(v: Value, now: Timestamp) -> Result<EventRecord, StoreError> {
+pub(crate) fn record(v: Value, now: Timestamp, with_attempts: bool) -> Result<EventRecord, StoreError> {
     let mut it = array(v)?.into_iter();
     let (Some(eid), Some(hash), Some(ds)) = (it.next(), it.next(), it.next()) else {
         return Err(corrupt("a short event record"));
@@ -201,8 +205,8 @@ pub(crate) fn record(v: Value, now: Timestamp) -> Result<EventRecord, StoreError
     for d in array(ds)? {
         let mut f = array(d)?.into_iter();
         let mut next = || f.next().unwrap_or(Value::Nil);
-        let (did, sub, st, att, due, err, rep, started, attempts) =
-            (next(), next(), next(), next(), next(), next(), next(), next(), next());
+        let (did, sub, st, att, due, err, rep) = (next(), next(), next(), next(), next(), next(), next());
+        let (ts, tf, to, te, attempts) = (next(), next(), next(), next(), next());
         let did = DeliveryId::from_uuid(parse_uuid(&bytes(did)?)?);
         let sub = SubscriptionName::new(&string(sub)?).map_err(corrupt)?;
         let due = Timestamp::from_millis(int(due)?);
@@ -215,12 +219,19 @@ pub(crate) fn record(v: Value, now: Timestamp) -> Result<EventRecord, StoreError
         r.last_error = opt_bytes(err)?.map(|b| String::from_utf8_lossy(&b).into_owned());
         r.reply = opt_bytes(rep)?.map(Bytes::from);
         r.attempts = array(attempts)?.into_iter().map(attempt).collect::<Result<_, _>>()?;
-        // Only finished attempts are listed: the running one lives on the delivery until it ends.
-        if status == DeliveryStatus::Active {
-            if let Some(started) = opt_bytes(started)? {
-                r.attempts
-                    .push(Attempt::started(r.attempt_count, millis(&started, "ts")?));
+        // The latest attempt lives on the delivery; the list holds those before it.
+        let field = |v: Value| -> Result<String, StoreError> { Ok(opt_bytes(v)?.map(text_lossy).unwrap_or_default()) };
+        let (ts, tf, to, te) = (field(ts)?, field(tf)?, field(to)?, field(te)?);
+        if with_attempts && !ts.is_empty() {
+            let mut a = Attempt::started(r.attempt_count, millis(ts.as_bytes(), "ts")?);
+            if !tf.is_empty() {
+                a.finished_at = Some(millis(tf.as_bytes(), "tf")?);
             }
+            a.outcome = outcome(&to)?;
+            if !te.is_empty() {
+                a.error = Some(te);
+            }
+            r.attempts.push(a);
         }
         deliveries.push(r);
     }

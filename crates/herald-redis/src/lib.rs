@@ -30,7 +30,8 @@
 //! reads the server's `TIME` once and pins it to a tokio instant ([`Clock::starting_at`]); from
 //! then on it counts with tokio's monotonic clock, and passes `now` to every script as an argument
 //! (scripts never call `TIME`). A node whose system clock is off by seconds therefore still agrees
-//! with the others to the millisecond (the `TIME` read is corrected by half its round trip), neither
+//! with the others to the millisecond (each runs behind the server by the round trip of its `TIME`
+//! read, never ahead), neither
 //! firing a delay early nor stealing a live lease. A monotonic clock drifts by a few parts per
 //! million, so milliseconds over hours: reconnecting (a new store) re-reads `TIME`. Counting with
 //! tokio's clock is also what lets the conformance suite run this store on a paused clock.
@@ -242,13 +243,12 @@ impl RedisStoreBuilder {
         let mut conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unreachable)?;
-        // The server read its clock about half a round trip before the answer arrived.
-        let asked = std::time::Instant::now();
+        // Pinned when the answer arrives, the clock runs behind the server's by the time the
+        // answer took (never ahead): it errs on firing late, by a fraction of a millisecond on a
+        // LAN. (Adding half the round trip would be closer on average but can run ahead when the
+        // answer waited in this process: a node must not fire early.)
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unreachable)?;
-        let half_trip = i64::try_from(asked.elapsed().as_micros() / 2).unwrap_or(0);
-        let clock = Clock::starting_at(Timestamp::from_millis(
-            secs.saturating_mul(1000) + (micros + half_trip) / 1000,
-        ));
+        let clock = Clock::starting_at(Timestamp::from_millis(secs.saturating_mul(1000) + micros / 1000));
         let tag = format!("{{{}}}", self.prefix);
         let channel = format!("{tag}:wake");
         let node = format!("{:016x}", fastrand::u64(..));
@@ -550,7 +550,7 @@ impl Ctx {
         }
         array(self.run(&inv).await?)?
             .into_iter()
-            .map(|v| codec::record(v, now))
+            .map(|v| codec::record(v, now, with_attempts))
             .collect()
     }
 }

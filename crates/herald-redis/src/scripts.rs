@@ -48,9 +48,12 @@ local function close_one(eid, n)
     redis.call('ZADD', T .. ':finished', NOWS, eid)
   end
 end
--- Finished attempts only: the running one is the delivery's `att` and `ts`.
-local function finish_attempt(did, att, started, fin, outcome, err)
-  redis.call('RPUSH', akey(did), att .. '|' .. started .. '|' .. fin .. '|' .. outcome .. '|' .. (err or ''))
+-- The latest attempt lives on the delivery (`ts` started, `tf` finished, `to` outcome, `te`
+-- error; '' when none); a claim moves the one before it to the attempts list.
+local function archive_attempt(did, att, ts, tf, to, te)
+  if ts and ts ~= '' then
+    redis.call('RPUSH', akey(did), att .. '|' .. ts .. '|' .. (tf or '') .. '|' .. (to or '') .. '|' .. (te or ''))
+  end
 end
 local EARLIEST = nil
 local DUE_NOW = false
@@ -162,10 +165,11 @@ local lu = NOW + lease
 local leases = subkey(sub, 'lease')
 local ran_out = redis.call('ZRANGEBYSCORE', leases, '-inf', NOWS)
 for _, did in ipairs(ran_out) do
-  local d = redis.call('HMGET', dkey(did), 'st', 'prio', 'due', 'att', 'ts')
+  local d = redis.call('HMGET', dkey(did), 'st', 'prio', 'due')
   if d[1] == 'active' then
     move(did, 'active', 'pending')
-    finish_attempt(did, d[4], d[5], NOWS, 'lease_expired', 'the lease ran out before an outcome was recorded')
+    redis.call('HSET', dkey(did), 'tf', NOWS, 'to', 'lease_expired',
+      'te', 'the lease ran out before an outcome was recorded')
     ready(sub, did, tonumber(d[2]), tonumber(d[3]))
   end
 end
@@ -182,7 +186,7 @@ while taken < max do
   for b = 1, #batch, 2 do
     local did = batch[b]
     local dk = dkey(did)
-    local d = redis.call('HMGET', dk, 'st', 'ev', 'att', 'due', 'ex', 'n')
+    local d = redis.call('HMGET', dk, 'st', 'ev', 'att', 'due', 'ex', 'n', 'ts', 'tf', 'to', 'te')
     if d[1] == 'pending' then
       if d[5] and d[5] ~= '' and tonumber(d[5]) <= NOW then
         move(did, 'pending', 'expired')
@@ -190,7 +194,9 @@ while taken < max do
       else
         token = token + 1
         local att = tonumber(d[3]) + 1
-        redis.call('HSET', dk, 'st', 'active', 'att', att, 'tok', token, 'lu', n2s(lu), 'ts', NOWS)
+        archive_attempt(did, d[3], d[7], d[8], d[9], d[10])
+        redis.call('HSET', dk, 'st', 'active', 'att', att, 'tok', token, 'lu', n2s(lu), 'ts', NOWS, 'tf', '', 'to', '',
+          'te', '')
         count('pending', -1)
         count('active', 1)
         leased[#leased + 1] = n2s(lu)
@@ -241,39 +247,46 @@ local out = {{}}
 for i = 4, #ARGV, 6 do
   local did, token, kind, fin, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local dk = dkey(did)
-  local d = redis.call('HMGET', dk, 'st', 'tok', 'ev', 'sub', 'due', 'prio', 'att', 'ts', 'rt', 'n')
+  local d = redis.call('HMGET', dk, 'st', 'tok', 'ev', 'sub', 'due', 'prio', 'att', 'rt', 'n')
   if d[1] ~= 'active' or d[2] ~= token then
     out[#out + 1] = 0
   else
     local eid, sub = d[3], d[4]
     redis.call('ZREM', subkey(sub, 'lease'), did)
     if kind == 'S' then
-      finish_attempt(did, d[7], d[8], fin, 'succeeded', nil)
       if b == '1' then
-        redis.call('HSET', dk, 'st', 'succeeded', 'rep', a)
+        redis.call('HSET', dk, 'st', 'succeeded', 'tf', fin, 'to', 'succeeded', 'rep', a)
       else
-        redis.call('HSET', dk, 'st', 'succeeded')
+        redis.call('HSET', dk, 'st', 'succeeded', 'tf', fin, 'to', 'succeeded')
       end
       count('active', -1)
       count('succeeded', 1)
-      close_one(eid, d[10])
-      if d[9] == '1' then wake_answered(eid) end
+      close_one(eid, d[9])
+      if d[8] == '1' then wake_answered(eid) end
     elseif kind == 'R' then
-      finish_attempt(did, d[7], d[8], fin, 'failed', b)
-      redis.call('HSET', dk, 'st', 'retrying', 'err', b, 'due', a)
+      redis.call('HSET', dk, 'st', 'retrying', 'err', b, 'due', a, 'tf', fin, 'to', 'failed', 'te', b)
       count('active', -1)
       count('retrying', 1)
       redis.call('ZADD', subkey(sub, 'sched'), a, did)
       wake_due(tonumber(a))
     elseif kind == 'D' then
-      finish_attempt(did, d[7], d[8], fin, 'dead', a)
-      redis.call('HSET', dk, 'st', 'dead', 'err', a)
+      redis.call('HSET', dk, 'st', 'dead', 'err', a, 'tf', fin, 'to', 'dead', 'te', a)
       count('active', -1)
       count('dead', 1)
-      close_one(eid, d[10])
-      if d[9] == '1' then wake_answered(eid) end
+      close_one(eid, d[9])
+      if d[8] == '1' then wake_answered(eid) end
     else
-      redis.call('HSET', dk, 'st', 'pending', 'att', tonumber(d[7]) - 1)
+      -- The attempt never ran: the one before it (archived by the claim) is the latest again.
+      local att = tonumber(d[7]) - 1
+      local ts, tf, to, te = '', '', '', ''
+      if att >= 1 then
+        local prev = redis.call('RPOP', akey(did))
+        if prev then
+          local _
+          _, ts, tf, to, te = string.match(prev, '^(%d+)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+        end
+      end
+      redis.call('HSET', dk, 'st', 'pending', 'att', att, 'ts', ts or '', 'tf', tf or '', 'to', to or '', 'te', te or '')
       count('active', -1)
       count('pending', 1)
       ready(sub, did, tonumber(d[6]), tonumber(d[5]))
@@ -380,8 +393,8 @@ return n2s(best)
 
 /// ARGV[4]: '1' to include attempts, then event ids. Returns, per event found,
 /// `{eid, {event hash}, {delivery...}}` where each delivery is
-/// `{did, sub, status, attempts, due, error, reply, started, {finished attempt...}}` (`started`:
-/// when the running attempt of an active delivery started).
+/// `{did, sub, status, attempts, due, error, reply, ts, tf, to, te, {earlier attempt...}}` (the
+/// latest attempt's start, end, outcome and error; '' or nil when there is none).
 const READ: &str = r#"
 local with = ARGV[4] == '1'
 local out = {}
@@ -392,10 +405,10 @@ for i = 5, #ARGV do
     local ds = {}
     local list = redis.call('HGET', ekey(eid), 'ds') or ''
     for did in string.gmatch(list, '%S+') do
-      local d = redis.call('HMGET', dkey(did), 'sub', 'st', 'att', 'due', 'err', 'rep', 'ts')
+      local d = redis.call('HMGET', dkey(did), 'sub', 'st', 'att', 'due', 'err', 'rep', 'ts', 'tf', 'to', 'te')
       local attempts = {}
       if with then attempts = redis.call('LRANGE', akey(did), 0, -1) end
-      ds[#ds + 1] = {did, d[1], d[2], d[3], d[4], d[5], d[6], d[7], attempts}
+      ds[#ds + 1] = {did, d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], attempts}
     end
     out[#out + 1] = {eid, ev, ds}
   end
