@@ -31,39 +31,143 @@ pub(crate) fn parse_uuid(text: &[u8]) -> Result<Uuid, StoreError> {
         .ok_or_else(|| corrupt(format!("not an id: {}", String::from_utf8_lossy(text))))
 }
 
-/// The field/value pairs of an event's hash.
+/// The field/value pairs of an event's hash: the event itself as one value (see [`encode`]), and
+/// its idempotency key on its own, for `purge`.
 pub(crate) fn event_fields(e: &Event) -> Vec<(&'static str, Vec<u8>)> {
-    let mut f: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(12);
-    f.push(("top", e.topic().as_str().as_bytes().to_vec()));
-    f.push(("pay", e.payload().to_vec()));
-    f.push(("pr", e.priority().get().to_string().into_bytes()));
-    f.push(("pub", e.published_at().as_millis().to_string().into_bytes()));
-    f.push(("dl", e.deliver_at().as_millis().to_string().into_bytes()));
-    if let Some(t) = e.expires_at() {
-        f.push(("ex", t.as_millis().to_string().into_bytes()));
-    }
-    if e.content_type() != herald_core::JSON {
-        f.push(("ct", e.content_type().as_bytes().to_vec()));
-    }
-    if let Some(s) = e.source() {
-        f.push(("src", s.as_bytes().to_vec()));
-    }
-    if !e.headers().is_empty() {
-        if let Ok(h) = serde_json::to_vec(e.headers()) {
-            f.push(("hd", h));
-        }
-    }
+    let mut f = vec![("b", encode(e))];
     if let Some(k) = e.key() {
         f.push(("key", k.as_bytes().to_vec()));
-    }
-    if let Some(r) = e.reply_to() {
-        f.push(("rt", r.as_bytes().to_vec()));
     }
     f
 }
 
-fn text(v: Vec<u8>, field: &str) -> Result<String, StoreError> {
-    String::from_utf8(v).map_err(|_| corrupt(format!("event field '{field}' is not UTF-8")))
+const VERSION: u8 = 1;
+const HAS_EXPIRY: u8 = 1;
+const HAS_CONTENT_TYPE: u8 = 2;
+const HAS_SOURCE: u8 = 4;
+const HAS_HEADERS: u8 = 8;
+const HAS_KEY: u8 = 16;
+const HAS_REPLY_TO: u8 = 32;
+
+fn put(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+/// An event (all but its id, which names the key) as bytes: a version, a flags byte for the
+/// optional parts, then topic, payload, priority, published and due times, and the optional parts
+/// that are set; strings and bytes length-prefixed (u32), times as i64 milliseconds, little-endian.
+pub(crate) fn encode(e: &Event) -> Vec<u8> {
+    let headers = (!e.headers().is_empty())
+        .then(|| serde_json::to_vec(e.headers()).ok())
+        .flatten();
+    let content_type = (e.content_type() != herald_core::JSON).then(|| e.content_type());
+    let mut flags = 0;
+    for (set, bit) in [
+        (e.expires_at().is_some(), HAS_EXPIRY),
+        (content_type.is_some(), HAS_CONTENT_TYPE),
+        (e.source().is_some(), HAS_SOURCE),
+        (headers.is_some(), HAS_HEADERS),
+        (e.key().is_some(), HAS_KEY),
+        (e.reply_to().is_some(), HAS_REPLY_TO),
+    ] {
+        if set {
+            flags |= bit;
+        }
+    }
+    let mut buf = Vec::with_capacity(64 + e.payload().len());
+    buf.push(VERSION);
+    buf.push(flags);
+    put(&mut buf, e.topic().as_str().as_bytes());
+    put(&mut buf, e.payload());
+    buf.push(e.priority().get());
+    buf.extend_from_slice(&e.published_at().as_millis().to_le_bytes());
+    buf.extend_from_slice(&e.deliver_at().as_millis().to_le_bytes());
+    if let Some(t) = e.expires_at() {
+        buf.extend_from_slice(&t.as_millis().to_le_bytes());
+    }
+    for s in [content_type, e.source()].into_iter().flatten() {
+        put(&mut buf, s.as_bytes());
+    }
+    if let Some(h) = &headers {
+        put(&mut buf, h);
+    }
+    for s in [e.key(), e.reply_to()].into_iter().flatten() {
+        put(&mut buf, s.as_bytes());
+    }
+    buf
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(corrupt("a truncated event"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn time(&mut self) -> Result<Timestamp, StoreError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(Timestamp::from_millis(i64::from_le_bytes(b)))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        let n = usize::try_from(u32::from_le_bytes(b)).map_err(corrupt)?;
+        self.take(n)
+    }
+
+    fn text(&mut self) -> Result<String, StoreError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| corrupt("an event string that is not UTF-8"))
+    }
+}
+
+/// The event `encode` wrote, with its id.
+pub(crate) fn decode(id: EventId, v: Value) -> Result<Event, StoreError> {
+    let raw = bytes(v)?;
+    let mut r = Reader(&raw);
+    if r.byte()? != VERSION {
+        return Err(corrupt(format!(
+            "event {id} was written by another version of herald-redis"
+        )));
+    }
+    let flags = r.byte()?;
+    let topic = Topic::new(&r.text()?).map_err(corrupt)?;
+    let payload = Bytes::copy_from_slice(r.bytes()?);
+    let mut p = EventParts::new(topic, payload);
+    p.id = id;
+    p.priority = Priority::new(r.byte()?).map_err(corrupt)?;
+    p.published_at = r.time()?;
+    p.deliver_at = r.time()?;
+    if flags & HAS_EXPIRY != 0 {
+        p.expires_at = Some(r.time()?);
+    }
+    if flags & HAS_CONTENT_TYPE != 0 {
+        p.content_type = Some(r.text()?);
+    }
+    if flags & HAS_SOURCE != 0 {
+        p.source = Some(r.text()?);
+    }
+    if flags & HAS_HEADERS != 0 {
+        p.headers = serde_json::from_slice(r.bytes()?).map_err(|e| corrupt(format!("headers: {e}")))?;
+    }
+    if flags & HAS_KEY != 0 {
+        p.key = Some(r.text()?);
+    }
+    if flags & HAS_REPLY_TO != 0 {
+        p.reply_to = Some(r.text()?);
+    }
+    Ok(Event::from_parts(p))
 }
 
 fn millis(v: &[u8], field: &str) -> Result<Timestamp, StoreError> {
@@ -72,47 +176,6 @@ fn millis(v: &[u8], field: &str) -> Result<Timestamp, StoreError> {
         .and_then(|s| s.parse::<i64>().ok())
         .map(Timestamp::from_millis)
         .ok_or_else(|| corrupt(format!("field '{field}' is not a time")))
-}
-
-/// Rebuilds an event from the flat field/value list of its hash.
-pub(crate) fn event_from_hash(id: EventId, hash: Value) -> Result<Event, StoreError> {
-    let items = array(hash)?;
-    let mut topic = None;
-    let mut payload = Bytes::new();
-    let mut parts_fields: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut iter = items.into_iter();
-    while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
-        let k = text(bytes(k)?, "name")?;
-        let v = bytes(v)?;
-        match k.as_str() {
-            "top" => topic = Some(Topic::new(&text(v, "top")?).map_err(corrupt)?),
-            "pay" => payload = Bytes::from(v),
-            _ => parts_fields.push((k, v)),
-        }
-    }
-    let topic = topic.ok_or_else(|| corrupt(format!("event {id} has no topic")))?;
-    let mut p = EventParts::new(topic, payload);
-    p.id = id;
-    for (k, v) in parts_fields {
-        match k.as_str() {
-            "pr" => {
-                let n = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u8>().ok());
-                p.priority = n
-                    .and_then(|n| Priority::new(n).ok())
-                    .ok_or_else(|| corrupt("a priority"))?;
-            }
-            "pub" => p.published_at = millis(&v, "pub")?,
-            "dl" => p.deliver_at = millis(&v, "dl")?,
-            "ex" => p.expires_at = Some(millis(&v, "ex")?),
-            "ct" => p.content_type = Some(text(v, "ct")?),
-            "src" => p.source = Some(text(v, "src")?),
-            "hd" => p.headers = serde_json::from_slice(&v).map_err(|e| corrupt(format!("headers: {e}")))?,
-            "key" => p.key = Some(text(v, "key")?),
-            "rt" => p.reply_to = Some(text(v, "rt")?),
-            _ => {}
-        }
-    }
-    Ok(Event::from_parts(p))
 }
 
 pub(crate) fn array(v: Value) -> Result<Vec<Value>, StoreError> {
@@ -200,7 +263,7 @@ pub(crate) fn record(v: Value, now: Timestamp, with_attempts: bool) -> Result<Ev
         return Err(corrupt("a short event record"));
     };
     let id = EventId::from_uuid(parse_uuid(&bytes(eid)?)?);
-    let event = event_from_hash(id, hash)?;
+    let event = decode(id, hash)?;
     let mut deliveries = Vec::new();
     for d in array(ds)? {
         let mut f = array(d)?.into_iter();

@@ -59,7 +59,7 @@
 //! | --- | --- | --- |
 //! | `{p}:subs` | hash | subscription name → pattern |
 //! | `{p}:subsver` | string | bumped on every routing change |
-//! | `{p}:e:<event id>` | hash | the event (`top`, `pay`, `pr`, `pub`, `dl`, `ex`, `ct`, `src`, `hd`, `key`, `rt`), its deliveries `ds`, how many are `open` (counted when there are several) |
+//! | `{p}:e:<event id>` | hash | the event `b` (one value: topic, payload, priority, times, optional parts; versioned), its idempotency `key`, its deliveries `ds`, how many are `open` (counted when there are several) |
 //! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `ex`, `rt` and `n` (the event's expiry, request flag and number of deliveries), `tok` (lease token), `lu` (lease end), `ts` (start of the running attempt), `err`, `rep` |
 //! | `{p}:a:<delivery id>` | list | finished attempts, `number\|started\|finished\|outcome\|error` |
 //! | `{p}:s:<sub>:sched` | zset | scheduled and retrying deliveries by due ms |
@@ -648,7 +648,7 @@ impl Store for RedisStore {
             let token = u64::try_from(int(token)?).map_err(corrupt)?;
             let attempt = u32::try_from(int(attempt)?).map_err(corrupt)?;
             let due = Timestamp::from_millis(int(due)?);
-            let event = codec::event_from_hash(EventId::from_uuid(codec::parse_uuid(&bytes(eid)?)?), hash)?;
+            let event = codec::decode(EventId::from_uuid(codec::parse_uuid(&bytes(eid)?)?), hash)?;
             claimed.push(Claimed::new(
                 Lease { delivery, token },
                 lease_until,

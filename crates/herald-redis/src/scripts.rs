@@ -157,7 +157,7 @@ return out
 "#;
 
 /// ARGV[4]: subscription, ARGV[5]: max, ARGV[6]: lease in ms. Returns `{'UNKNOWN'}` for an
-/// undeclared subscription, else `{'OK', wakes, {did, token, attempt, due, event id, {event hash}}, ...}`.
+/// undeclared subscription, else `{'OK', wakes, {did, token, attempt, due, event id, event}, ...}`.
 const CLAIM: &str = r#"
 local sub, max, lease = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('HEXISTS', T .. ':subs', sub) == 0 then return {'UNKNOWN'} end
@@ -201,7 +201,7 @@ while taken < max do
         count('active', 1)
         leased[#leased + 1] = n2s(lu)
         leased[#leased + 1] = did
-        out[#out + 1] = {did, token, att, d[4], d[2], redis.call('HGETALL', ekey(d[2]))}
+        out[#out + 1] = {did, token, att, d[4], d[2], redis.call('HGET', ekey(d[2]), 'b')}
         taken = taken + 1
       end
     end
@@ -392,7 +392,7 @@ return n2s(best)
 "#;
 
 /// ARGV[4]: '1' to include attempts, then event ids. Returns, per event found,
-/// `{eid, {event hash}, {delivery...}}` where each delivery is
+/// `{eid, event, {delivery...}}` where each delivery is
 /// `{did, sub, status, attempts, due, error, reply, ts, tf, to, te, {earlier attempt...}}` (the
 /// latest attempt's start, end, outcome and error; '' or nil when there is none).
 const READ: &str = r#"
@@ -400,17 +400,16 @@ local with = ARGV[4] == '1'
 local out = {}
 for i = 5, #ARGV do
   local eid = ARGV[i]
-  local ev = redis.call('HGETALL', ekey(eid))
-  if #ev > 0 then
+  local ev = redis.call('HMGET', ekey(eid), 'b', 'ds')
+  if ev[1] then
     local ds = {}
-    local list = redis.call('HGET', ekey(eid), 'ds') or ''
-    for did in string.gmatch(list, '%S+') do
+    for did in string.gmatch(ev[2] or '', '%S+') do
       local d = redis.call('HMGET', dkey(did), 'sub', 'st', 'att', 'due', 'err', 'rep', 'ts', 'tf', 'to', 'te')
       local attempts = {}
       if with then attempts = redis.call('LRANGE', akey(did), 0, -1) end
       ds[#ds + 1] = {did, d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], attempts}
     end
-    out[#out + 1] = {eid, ev, ds}
+    out[#out + 1] = {eid, ev[1], ds}
   end
 end
 return out
