@@ -15,7 +15,7 @@
 //! group while the last one is being synced, and nothing is answered or woken for before it is on
 //! disk (see [`sync_loop`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -165,6 +165,7 @@ impl Writer {
                     counts,
                     subs,
                     routes: HashMap::new(),
+                    recent: Recent::new(),
                     done: done_tx,
                     busy: writer_busy,
                 };
@@ -208,6 +209,51 @@ impl Writer {
 struct Effects {
     wakeups: Vec<Wakeup>,
     declared: bool,
+    /// Events stored due now, for [`Recent`] once the transaction commits.
+    published: Vec<(i64, Event)>,
+    /// Events were deleted: their `seq`s may be given to new events.
+    purged: bool,
+}
+
+/// The events most recently stored due at once, in `seq` order: a claim usually follows their
+/// publish within milliseconds, and finds them here (a binary search) instead of reading and
+/// decoding their rows again. Only committed events enter it, and a purge empties it (a deleted
+/// event's `seq` may be given to a new one).
+struct Recent {
+    events: VecDeque<(i64, Event)>,
+}
+
+impl Recent {
+    /// How many events it keeps: enough for the deliveries a busy runtime claims within a few
+    /// groups, small next to SQLite's page cache.
+    const CAPACITY: usize = 4096;
+
+    fn new() -> Self {
+        Recent {
+            events: VecDeque::with_capacity(Self::CAPACITY),
+        }
+    }
+
+    fn get(&self, seq: i64) -> Option<&Event> {
+        let i = self.events.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        self.events.get(i).map(|(_, e)| e)
+    }
+
+    fn apply(&mut self, fx: &mut Effects) {
+        if fx.purged {
+            self.events.clear();
+        }
+        for (seq, event) in fx.published.drain(..) {
+            // `seq`s only grow while nothing is purged; anything else is not kept.
+            if self.events.back().is_some_and(|(last, _)| *last >= seq) {
+                continue;
+            }
+            if self.events.len() == Self::CAPACITY {
+                self.events.pop_front();
+            }
+            self.events.push_back((seq, event));
+        }
+    }
 }
 
 struct State {
@@ -217,6 +263,7 @@ struct State {
     counts: Counts,
     subs: Vec<SubscriptionRow>,
     routes: HashMap<Topic, Arc<[i64]>>,
+    recent: Recent,
     /// Where committed groups go to be synced and answered, in commit order.
     done: Sender<Done>,
     /// Set from when the writer takes a group until it hands over the group's last part: the sync
@@ -364,6 +411,7 @@ impl State {
         }
         self.counts = counts;
         self.shared.set_counts(counts);
+        self.recent.apply(&mut fx);
         if fx.declared {
             self.shared.set_subscriptions(self.subs.clone());
         }
@@ -460,7 +508,10 @@ impl State {
             }
             Command::Cancel { id, to, now } => Reply::Cancelled(self.cancel(*id, *to, *now, counts)?),
             Command::Requeue { id, now } => Reply::Requeued(self.requeue(*id, *now, counts, fx)?),
-            Command::Purge { before, max } => Reply::Purged(self.purge(*before, *max, counts)?),
+            Command::Purge { before, max } => {
+                fx.purged = true;
+                Reply::Purged(self.purge(*before, *max, counts)?)
+            }
         }))
     }
 
@@ -644,6 +695,9 @@ impl State {
             };
             let due = event.deliver_at();
             let code = if due <= now { status::PENDING } else { status::SCHEDULED };
+            if code == status::PENDING && !routes.is_empty() {
+                fx.published.push((seq, (*event).clone()));
+            }
             for &sub in routes.iter() {
                 deliveries.push(NewDelivery {
                     event: seq,
@@ -765,9 +819,19 @@ impl State {
                  SELECT id, attempts, ?2 FROM deliveries WHERE id IN rarray(?1)",
             )?
             .execute((ids, now.as_millis()))?;
-        let seqs: Array = Rc::new(rows.iter().map(|r| Value::Integer(r.1)).collect());
         let mut events: HashMap<i64, Event> = HashMap::with_capacity(rows.len());
-        {
+        for r in &rows {
+            if let Some(e) = self.recent.get(r.1) {
+                events.insert(r.1, e.clone());
+            }
+        }
+        let missing: Vec<Value> = rows
+            .iter()
+            .filter(|r| !events.contains_key(&r.1))
+            .map(|r| Value::Integer(r.1))
+            .collect();
+        if !missing.is_empty() {
+            let seqs: Array = Rc::new(missing);
             let mut stmt = self
                 .conn
                 .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq IN rarray(?1)"))?;
