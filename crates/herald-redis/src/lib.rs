@@ -60,8 +60,8 @@
 //! | `{p}:subs` | hash | subscription name → pattern |
 //! | `{p}:subsver` | string | bumped on every routing change |
 //! | `{p}:e:<event id>` | hash | the event `b` (one value: topic, payload, priority, times, optional parts; versioned), its idempotency `key`, its deliveries `ds`, how many are `open` (counted when there are several) |
-//! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `ex`, `rt` and `n` (the event's expiry, request flag and number of deliveries), `tok` (lease token), `lu` (lease end), `ts` (start of the running attempt), `err`, `rep` |
-//! | `{p}:a:<delivery id>` | list | finished attempts, `number\|started\|finished\|outcome\|error` |
+//! | `{p}:d:<delivery id>` | hash | `ev`, `sub`, `st` (status), `att`, `due`, `prio`, `ex`, `rt` and `n` (the event's expiry, request flag and number of deliveries), `tok` (lease token), `lu` (lease end), the latest attempt (`ts` started, `tf` finished, `to` outcome, `te` error), `err`, `rep` |
+//! | `{p}:a:<delivery id>` | list | the attempts before the latest, `number\|started\|finished\|outcome\|error` (none for a delivery handled at its first attempt) |
 //! | `{p}:s:<sub>:sched` | zset | scheduled and retrying deliveries by due ms |
 //! | `{p}:s:<sub>:ready` | zset | due deliveries by `(10 - priority) * 2^42 + due ms`: priority first, then due time |
 //! | `{p}:s:<sub>:lease` | zset | leased deliveries by lease end |
@@ -86,15 +86,16 @@
 //! with their one declared key (`{p}:counts`) and build the others from the prefix, all in that
 //! slot; they carry a `#!lua` shebang, so the server holds them to that slot (the test
 //! `tests/cluster.rs` runs the conformance suite on a cluster node). The shebang needs Redis 7 or
-//! Valkey; Valkey runs the same scripts.
+//! Valkey (which implements the same scripting; it is not tested here, having no Debian package).
 //!
 //! ## Limits
 //!
 //! - [`query`](herald_core::Store::query) pages newest first by reading candidate events in id
 //!   order and filtering them in the client; only a `key` filter is a direct lookup. A filter that
 //!   matches few of many events reads many.
-//! - [`backlog`](herald_core::Store::backlog) is `None`: counting other nodes' publishes would
-//!   need a round trip per publish, so `max_pending` backpressure is off on this store.
+//! - [`backlog`](herald_core::Store::backlog) is `None`, so `max_pending` backpressure is off on
+//!   this store: a count cached from this node's script replies would not see other nodes'
+//!   acknowledgements, and a publisher waiting for room is woken only by this node's.
 //! - Connection and response timeouts are on by default (5 s and 10 s); tests on tokio's paused
 //!   clock turn them off ([`RedisStoreBuilder::timeouts`]), because a paused clock jumps ahead
 //!   while the runtime waits for the network.
