@@ -183,6 +183,8 @@ pub struct ConfigLayer {
     pub store: Option<StoreKind>,
     /// The namespace in a shared store: the Redis key prefix or the PostgreSQL schema.
     pub namespace: Option<String>,
+    /// A PEM file of CA certificates that `https://` webhooks may also chain to.
+    pub webhook_ca: Option<PathBuf>,
     /// The largest request body, in bytes.
     pub body_limit: Option<usize>,
     /// How long one HTTP request may take, in milliseconds.
@@ -327,7 +329,7 @@ impl ConfigLayer {
 
     /// Settings from `HERALD_*` variables, read through `var` (pass `|k| std::env::var(k).ok()`).
     ///
-    /// `HERALD_LISTEN`, `HERALD_DATA`, `HERALD_STORE`, `HERALD_NAMESPACE`, `HERALD_BODY_LIMIT`,
+    /// `HERALD_LISTEN`, `HERALD_DATA`, `HERALD_STORE`, `HERALD_NAMESPACE`, `HERALD_WEBHOOK_CA`, `HERALD_BODY_LIMIT`,
     /// `HERALD_REQUEST_TIMEOUT_MS`, `HERALD_SHUTDOWN_TIMEOUT_MS`, `HERALD_MAX_PENDING`,
     /// `HERALD_WORKERS`, `HERALD_TOKENS` (comma-separated).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -352,6 +354,7 @@ impl ConfigLayer {
             data: var("HERALD_DATA").map(PathBuf::from),
             store: parsed(&var, "HERALD_STORE")?,
             namespace: var("HERALD_NAMESPACE"),
+            webhook_ca: var("HERALD_WEBHOOK_CA").map(PathBuf::from),
             body_limit: parsed(&var, "HERALD_BODY_LIMIT")?,
             request_timeout_ms: parsed(&var, "HERALD_REQUEST_TIMEOUT_MS")?,
             shutdown_timeout_ms: parsed(&var, "HERALD_SHUTDOWN_TIMEOUT_MS")?,
@@ -375,6 +378,7 @@ impl ConfigLayer {
             data: self.data.or(lower.data),
             store: self.store.or(lower.store),
             namespace: self.namespace.or(lower.namespace),
+            webhook_ca: self.webhook_ca.or(lower.webhook_ca),
             body_limit: self.body_limit.or(lower.body_limit),
             request_timeout_ms: self.request_timeout_ms.or(lower.request_timeout_ms),
             shutdown_timeout_ms: self.shutdown_timeout_ms.or(lower.shutdown_timeout_ms),
@@ -399,6 +403,9 @@ pub struct Config {
     /// The namespace in a shared store (default `herald`): the Redis key prefix or the PostgreSQL
     /// schema. Servers that share a store and a namespace are one system.
     pub namespace: String,
+    /// A PEM file of CA certificates that `https://` webhooks may chain to besides Mozilla's roots
+    /// (default: none), for receivers behind a private CA.
+    pub webhook_ca: Option<PathBuf>,
     /// The largest request body in bytes (default 1 MiB); larger bodies get 413.
     pub body_limit: usize,
     /// How long one HTTP request may take (default 30 s).
@@ -423,6 +430,7 @@ impl std::fmt::Debug for Config {
             .field("data", &self.data)
             .field("store", &self.store)
             .field("namespace", &self.namespace)
+            .field("webhook_ca", &self.webhook_ca)
             .field("body_limit", &self.body_limit)
             .field("request_timeout", &self.request_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -441,6 +449,7 @@ impl Default for Config {
             data: PathBuf::from("./herald-data"),
             store: StoreKind::DEFAULT,
             namespace: "herald".to_owned(),
+            webhook_ca: None,
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
@@ -463,6 +472,7 @@ impl Config {
             data: merged.data.unwrap_or(d.data),
             store: merged.store.unwrap_or(d.store),
             namespace: merged.namespace.unwrap_or(d.namespace),
+            webhook_ca: merged.webhook_ca.or(d.webhook_ca),
             body_limit: merged.body_limit.unwrap_or(d.body_limit),
             request_timeout: merged
                 .request_timeout_ms

@@ -46,6 +46,9 @@ struct ServeArgs {
     /// The namespace in a shared store: Redis key prefix or PostgreSQL schema [default: herald].
     #[arg(long)]
     namespace: Option<String>,
+    /// A PEM file of CA certificates https:// webhooks may chain to, besides Mozilla's roots.
+    #[arg(long)]
+    webhook_ca: Option<PathBuf>,
     /// The largest request body in bytes [default: 1048576].
     #[arg(long)]
     body_limit: Option<usize>,
@@ -73,6 +76,7 @@ impl ServeArgs {
         layer.data = self.data.clone();
         layer.store = self.store.clone();
         layer.namespace = self.namespace.clone();
+        layer.webhook_ca = self.webhook_ca.clone();
         layer.body_limit = self.body_limit;
         layer.request_timeout_ms = self.request_timeout_ms;
         layer.shutdown_timeout_ms = self.shutdown_timeout_ms;

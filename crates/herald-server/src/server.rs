@@ -60,6 +60,8 @@ impl Server {
     /// Opens the store, starts the herald runtime and serves the API on `listener`.
     pub async fn start(listener: TcpListener, config: Config) -> Result<Server, ServeError> {
         config.check()?;
+        let http = api::webhook_client(config.webhook_ca.as_deref())
+            .map_err(|e| ServeError::Config(crate::config::ConfigError::Invalid(e)))?;
         // Before the runtime: herald registers its metric handles when it is built.
         let metrics = install_recorder();
         let store = open_store(&config).await?;
@@ -70,7 +72,7 @@ impl Server {
             .build()
             .await?;
         let addr = listener.local_addr()?;
-        let state = AppState::new(herald, config, metrics.clone());
+        let state = AppState::new(herald, config, metrics.clone(), http);
         let restored = api::restore_subscriptions(&state).await.map_err(ServeError::Restore)?;
         if restored > 0 {
             tracing::info!(count = restored, "herald: restored the saved subscriptions");

@@ -31,8 +31,22 @@ struct Receiver {
     seen: Mutex<Vec<(HeaderMap, Bytes)>>,
 }
 
+/// What a receiver checks: the HMAC of `<timestamp>.<body>` under the secret, and a timestamp within
+/// five minutes of now.
 fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(ts) = headers.get("x-herald-timestamp").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Ok(sent) = ts.parse::<u64>() else { return false };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now.abs_diff(sent) > 300 {
+        return false;
+    }
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{ts}.").as_bytes());
     mac.update(body);
     let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     headers.get("x-herald-signature").and_then(|v| v.to_str().ok()) == Some(&format!("sha256={hex}"))
@@ -261,9 +275,9 @@ async fn subscriptions_are_listed_paused_resumed_and_validated() {
             "no secret",
         ),
         (
-            json!({"name": "x", "pattern": "a.*", "url": "https://127.0.0.1/h", "secret": "s"}),
+            json!({"name": "x", "pattern": "a.*", "url": "ftp://127.0.0.1/h", "secret": "s"}),
             StatusCode::BAD_REQUEST,
-            "https",
+            "not http",
         ),
         (
             json!({"name": "x", "pattern": "A B"}),
@@ -552,4 +566,102 @@ async fn a_pull_claim_can_wait_for_work() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     s.stop().await;
+}
+
+/// Starts the receiver over TLS with a fresh self-signed certificate for 127.0.0.1 and localhost;
+/// returns its base URL and the certificate's PEM (the CA a client must trust).
+async fn tls_receiver(state: Arc<Receiver>) -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let app = Router::new().route("/double", post(double)).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("https://{addr}"), pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_is_called_when_its_certificate_chains_to_a_trusted_ca() {
+    let r = Arc::new(Receiver::default());
+    let (base, pem) = tls_receiver(r.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let mut c = config();
+    c.webhook_ca = Some(ca);
+    let s = start(c).await;
+    create(
+        &s,
+        json!({"name": "secure", "pattern": "calc.*", "url": format!("{base}/double"), "secret": SECRET}),
+    )
+    .await;
+    let (status, answer) = s
+        .post(
+            "/v1/requests",
+            json!({"topic": "calc.double", "payload": 21, "timeout_ms": 10_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["reply"]["answer"], 42, "{answer}");
+    assert_eq!(r.bad_signatures.load(Ordering::SeqCst), 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_with_an_untrusted_certificate_is_a_failed_attempt() {
+    let r = Arc::new(Receiver::default());
+    let (base, _pem) = tls_receiver(r.clone()).await;
+    let s = start(config()).await;
+    create(
+        &s,
+        json!({"name": "untrusted", "pattern": "calc.*", "url": format!("{base}/double"), "secret": SECRET,
+               "max_attempts": 1}),
+    )
+    .await;
+    let id = s.publish(json!({"topic": "calc.double", "payload": 1})).await;
+    let e = wait_status(&s, &id, "dead").await;
+    let error = e["deliveries"][0]["last_error"].as_str().unwrap().to_owned();
+    assert!(error.contains(&base), "{error}");
+    assert_eq!(
+        r.calls.load(Ordering::SeqCst),
+        0,
+        "the handler must never run over an untrusted connection"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_ca_file_that_is_not_pem_stops_the_server_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let mut c = config();
+    c.webhook_ca = Some(ca);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = herald_server::Server::start(listener, c)
+        .await
+        .expect_err("a server whose webhook CA file holds no certificate must not start")
+        .to_string();
+    assert!(err.contains("ca.pem") && err.contains("no certificate"), "{err}");
 }

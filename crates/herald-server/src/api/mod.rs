@@ -33,6 +33,7 @@ use crate::config::{Config, StoreKind};
 pub(crate) use cron::start as start_crons;
 pub(crate) use error::ApiError;
 pub(crate) use subscriptions::{restore as restore_subscriptions, Registry};
+pub(crate) use webhook::client as webhook_client;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
@@ -55,7 +56,12 @@ pub(crate) struct Shared {
 }
 
 impl AppState {
-    pub(crate) fn new(herald: Herald, config: Config, metrics: Option<PrometheusHandle>) -> Self {
+    pub(crate) fn new(
+        herald: Herald,
+        config: Config,
+        metrics: Option<PrometheusHandle>,
+        http: webhook::Client,
+    ) -> Self {
         // With the embedded store, API-made subscriptions are kept beside it across restarts.
         let saved = (config.store == StoreKind::Sqlite).then(|| config.data.join("subscriptions.json"));
         let saved_crons = (config.store == StoreKind::Sqlite).then(|| config.data.join("cron.json"));
@@ -66,7 +72,7 @@ impl AppState {
             metrics,
             subscriptions: Registry::new(saved),
             crons: cron::CronRegistry::new(saved_crons),
-            http: webhook::client(),
+            http,
             history: crate::dashboard::History::default(),
         }));
         crate::dashboard::spawn_sampler(&state);

@@ -1,12 +1,15 @@
 //! Webhook consumers: a herald subscription whose handler POSTs each delivery to a URL.
 //!
 //! The body is the event's payload as published; the headers carry the event id, delivery id,
-//! topic, subscription and attempt, and `X-Herald-Signature: sha256=<hex>`, the HMAC-SHA256 of the
-//! body under the subscription's secret. A 2xx answer is success and its body the reply (JSON as
+//! topic, subscription and attempt, `X-Herald-Timestamp` (Unix seconds when the request was sent)
+//! and `X-Herald-Signature: sha256=<hex>`, the HMAC-SHA256 under the subscription's secret of
+//! `<timestamp>.<body>`. A receiver recomputes it and refuses requests whose timestamp is more than
+//! a few minutes old, so a captured request cannot be replayed later. A 2xx answer is success and its body the reply (JSON as
 //! is, other text as a JSON string); any other status, a timeout or a refused connection is a
 //! failed attempt under the subscription's policy.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::http::{header, Request, Uri};
@@ -14,17 +17,52 @@ use bytes::Bytes;
 use herald::{Context, Event, HandlerError};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde_json::value::RawValue;
 use sha2::Sha256;
 
-/// The HTTP client webhooks are sent with (plain HTTP; one connection pool per server).
-pub(crate) type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+/// The HTTP client webhooks are sent with: `http://` and `https://` (rustls), one connection pool
+/// per server.
+pub(crate) type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A new client.
-pub(crate) fn client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+/// A new client trusting Mozilla's root certificates (webpki-roots) and, for a private CA, those in
+/// the PEM file `extra_roots`.
+pub(crate) fn client(extra_roots: Option<&Path>) -> Result<Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_roots {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read the webhook CA file '{}': {e}", path.display()))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("the webhook CA file '{}' is not PEM: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("a certificate in '{}' is not usable: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "the webhook CA file '{}' holds no certificate (expected PEM 'BEGIN CERTIFICATE' blocks)",
+                path.display()
+            ));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// The largest webhook answer kept as a reply.
@@ -49,13 +87,8 @@ impl Target {
     pub(crate) fn new(url: &str, secret: &str) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("url '{url}' is not a URL: {e}"))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "url '{url}': https webhooks are not supported yet; use http (behind a TLS-terminating proxy)"
-                ))
-            }
-            _ => return Err(format!("url '{url}' must be an absolute http:// URL")),
+            Some("http" | "https") => {}
+            _ => return Err(format!("url '{url}' must be an absolute http:// or https:// URL")),
         }
         if uri.host().is_none() {
             return Err(format!("url '{url}' has no host"));
@@ -70,14 +103,16 @@ impl Target {
     }
 }
 
-/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
+/// `sha256=<hex of HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+pub(crate) fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     use std::fmt::Write as _;
     // HMAC takes keys of any length: this cannot fail.
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
         Ok(m) => m,
         Err(e) => return format!("sha256=error:{e}"),
     };
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
     let mut out = String::with_capacity(7 + digest.len() * 2);
@@ -96,6 +131,9 @@ pub(crate) async fn deliver(
     ctx: &Context,
 ) -> Result<Box<RawValue>, HandlerError> {
     let body = event.payload().clone();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let request = Request::post(target.url.clone())
         .header(header::CONTENT_TYPE, event.content_type())
         .header(header::USER_AGENT, concat!("herald/", env!("CARGO_PKG_VERSION")))
@@ -104,7 +142,8 @@ pub(crate) async fn deliver(
         .header("x-herald-topic", event.topic().as_str())
         .header("x-herald-subscription", ctx.subscription().as_str())
         .header("x-herald-attempt", ctx.attempt().to_string())
-        .header("x-herald-signature", signature(&target.secret, &body))
+        .header("x-herald-timestamp", timestamp.to_string())
+        .header("x-herald-signature", signature(&target.secret, timestamp, &body))
         .body(Full::new(body))
         .map_err(|e| {
             HandlerError::permanent(std::io::Error::other(format!("cannot build the webhook request: {e}")))
@@ -147,11 +186,26 @@ fn reply(body: &[u8]) -> Box<RawValue> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn signature_is_hmac_sha256_in_hex() {
-        // RFC 4231 test case 2.
+    fn signature_is_hmac_sha256_of_timestamp_dot_body_in_hex() {
+        // RFC 4231 test case 2's key; the signed text is "<timestamp>.<body>".
+        assert_ne!(
+            super::signature(b"Jefe", 41, b"what do ya want for nothing?"),
+            super::signature(b"Jefe", 42, b"what do ya want for nothing?"),
+        );
         assert_eq!(
-            super::signature(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            super::signature(b"Jefe", 0, b"what do ya want for nothing?").len(),
+            "sha256=".len() + 64
+        );
+        let mut mac = <super::Hmac<super::Sha256> as super::Mac>::new_from_slice(b"Jefe").unwrap();
+        super::Mac::update(&mut mac, b"7.what do ya want for nothing?");
+        let hex: String = super::Mac::finalize(mac)
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            super::signature(b"Jefe", 7, b"what do ya want for nothing?"),
+            format!("sha256={hex}")
         );
     }
 
@@ -165,7 +219,8 @@ mod tests {
     #[test]
     fn only_http_targets() {
         assert!(super::Target::new("http://127.0.0.1:9/hook", "s").is_ok());
-        assert!(super::Target::new("https://example.test/hook", "s").is_err());
+        assert!(super::Target::new("https://example.test/hook", "s").is_ok());
+        assert!(super::Target::new("ftp://example.test/hook", "s").is_err());
         assert!(super::Target::new("/hook", "s").is_err());
         assert!(super::Target::new("http://127.0.0.1:9/hook", "").is_err());
     }
