@@ -61,7 +61,7 @@
 //! # Cron
 //! Schedules come from the config file's `[[cron]]` tables ([`CronEntry`]; checked at start: an
 //! invalid expression or zone fails the start and names the schedule) and from `POST /v1/cron`
-//! (kept in `cron.json` beside the embedded store, mode 0600, and declared again at start).
+//! (kept in `cron.json` in the data directory with any durable store, mode 0600, and declared again at start).
 //! Servers that share a store (`--store redis://...` or `postgres://...` with one `--namespace`)
 //! publish each tick once between them: every server publishes the tick's event with the
 //! idempotency key `cron:{name}:{tick}` and the store keeps one. Schedules are per server, like

@@ -367,8 +367,13 @@ async fn pause_acts_on_the_server_that_receives_it() {
     c.store = StoreKind::Redis("redis://127.0.0.1:6379".into());
     c.namespace = format!("cronpause_{:016x}", h.finish());
     c.cron = vec![CronEntry::new("beat", "* * * * * *", "clock.beat")];
-    let a = start(c.clone()).await;
-    let b = start(c).await;
+    // Each server keeps its API-made schedules in its own data directory.
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut c2 = c.clone();
+    c.data = dirs.0.path().to_owned();
+    c2.data = dirs.1.path().to_owned();
+    let a = start(c).await;
+    let b = start(c2).await;
 
     let (status, paused) = a.post_empty("/v1/cron/beat/pause").await;
     assert_eq!(status, StatusCode::OK, "{paused}");

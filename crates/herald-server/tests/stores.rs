@@ -30,19 +30,21 @@ fn fastrand_u64() -> u64 {
     h.finish()
 }
 
-async fn server(store: &StoreKind, namespace: &str) -> TestServer {
+async fn server(store: &StoreKind, namespace: &str) -> (TestServer, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
     let mut config = common::config();
     config.store = store.clone();
     config.namespace = namespace.to_owned();
-    common::start(config).await
+    config.data = data.path().to_owned();
+    (common::start(config).await, data)
 }
 
 /// A delayed event published on one server is claimed through the other when it is due, acked
 /// there, and the first server's history shows it succeeded.
 async fn two_servers_share_one_store(store: StoreKind) {
     let ns = namespace();
-    let a = server(&store, &ns).await;
-    let b = server(&store, &ns).await;
+    let (a, a_data) = server(&store, &ns).await;
+    let (b, _b_data) = server(&store, &ns).await;
     for s in [&a, &b] {
         let (status, body) = s
             .post("/v1/subscriptions", json!({"name": "workers", "pattern": "job.>"}))
@@ -70,6 +72,18 @@ async fn two_servers_share_one_store(store: StoreKind) {
     assert!(stats.to_string().contains("succeeded"), "{stats}");
     a.stop().await;
     b.stop().await;
+
+    // API-made subscriptions are kept in each server's data directory, and come back at restart.
+    let saved = std::fs::read_to_string(a_data.path().join("subscriptions.json")).unwrap();
+    assert!(saved.contains("\"workers\""), "{saved}");
+    let mut config = common::config();
+    config.store = store.clone();
+    config.namespace = ns.clone();
+    config.data = a_data.path().to_owned();
+    let again = common::start(config).await;
+    let (_, subs) = again.get("/v1/subscriptions").await;
+    assert!(subs.to_string().contains("\"workers\""), "{subs}");
+    again.stop().await;
 }
 
 #[cfg(feature = "redis")]

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 pub(crate) use cron::start as start_crons;
 pub(crate) use error::ApiError;
 pub(crate) use subscriptions::{restore as restore_subscriptions, Registry};
@@ -62,9 +62,16 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
         http: webhook::Client,
     ) -> Self {
-        // With the embedded store, API-made subscriptions are kept beside it across restarts.
-        let saved = (config.store == StoreKind::Sqlite).then(|| config.data.join("subscriptions.json"));
-        let saved_crons = (config.store == StoreKind::Sqlite).then(|| config.data.join("cron.json"));
+        // With a durable store, API-made subscriptions and schedules are kept in the data directory
+        // across restarts (beside the embedded store's file; on Redis or PostgreSQL, per server).
+        let keep = config.store.is_durable();
+        if keep {
+            if let Err(e) = std::fs::create_dir_all(&config.data) {
+                tracing::error!(dir = %config.data.display(), error = %e, "herald: cannot create the data directory; API-made subscriptions will be lost at restart");
+            }
+        }
+        let saved = keep.then(|| config.data.join("subscriptions.json"));
+        let saved_crons = keep.then(|| config.data.join("cron.json"));
         let state = AppState(Arc::new(Shared {
             herald,
             config,
