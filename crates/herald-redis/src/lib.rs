@@ -45,9 +45,9 @@
 //! listeners as soon as the script returns). Each store listens on a dedicated pub/sub connection,
 //! so a delay published on node A arms node B's timer for its millisecond without polling.
 //!
-//! A claim announces when its leases run out (unless an earlier announcement is still ahead: the
-//! node it wakes asks the store for the next time), so the deliveries of a node that died are
-//! taken over by the others when their leases end. After the listener loses its connection it
+//! A claim announces when its leases run out unless a lease of the same subscription ends earlier
+//! (the nodes that follow it wake by then and ask the store for the next time), so the deliveries
+//! of a node that died are taken over by the others when their leases end. After the listener loses its connection it
 //! resubscribes and reports [`Wakeup::Lagged`], on which the runtime re-asks the store.
 //!
 //! ## Key layout
@@ -70,7 +70,6 @@
 //! | `{p}:k:<key>` | string | the event holding an idempotency key (until purged) |
 //! | `{p}:counts` | hash | deliveries by status, `events`, `unrouted` |
 //! | `{p}:token` | string | the lease-token counter |
-//! | `{p}:leasewake` | string | the lease end last announced as a wakeup |
 //!
 //! Ids are UUIDs as 32 hex digits. Nothing expires by itself: finished events stay until
 //! [`purge`](herald_core::Store::purge) (the runtime's retention calls it).

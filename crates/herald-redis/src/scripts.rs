@@ -208,14 +208,12 @@ while taken < max do
   end
 end
 if taken > 0 then
-  redis.call('ZADD', leases, unpack(leased))
   -- Other nodes learn when these leases run out (to take over from a node that died) from a
-  -- wakeup; one is enough while an earlier one is still ahead: the node it wakes asks the store.
-  local announced = tonumber(redis.call('GET', T .. ':leasewake') or '0')
-  if announced <= NOW or announced > lu then
-    redis.call('SET', T .. ':leasewake', n2s(lu))
-    wake_due(lu)
-  end
+  -- wakeup. One is needed only when no lease of this subscription ends earlier: a node that
+  -- follows it wakes by then (it was told, or asked the store) and asks the store again.
+  local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+  if #first == 0 or tonumber(first[2]) > lu then wake_due(lu) end
+  redis.call('ZADD', leases, unpack(leased))
 end
 out[2] = flush_wakes()
 return out
