@@ -308,7 +308,7 @@ impl PostgresStoreBuilder {
         drop(client);
 
         let node = format!("{:016x}", fastrand::u64(..));
-        let hub = Arc::new(WakeupHub::new());
+        let hub = Arc::new(WakeupHub::with_clock(clock));
         let stop = CancellationToken::new();
         let channel = format!("herald_{}", self.schema);
         let listening = self.listen
@@ -537,7 +537,15 @@ impl Db {
             reply_to.push(e.reply_to());
         }
         let now_ms = now.as_millis();
-        let wake = deliver.iter().min().map(|t| format!("{}{t}", self.due_prefix()));
+        // The earliest due now and the earliest ahead, both announced (`d<ms>[,<ms>]`): "due now"
+        // alone would hide the later time from a timer with nothing else to wait for.
+        let due_now = deliver.iter().filter(|t| **t <= now_ms).min();
+        let ahead = deliver.iter().filter(|t| **t > now_ms).min();
+        let wake = match (due_now, ahead) {
+            (Some(a), Some(b)) => Some(format!("{}{a},{b}", self.due_prefix())),
+            (Some(t), None) | (None, Some(t)) => Some(format!("{}{t}", self.due_prefix())),
+            (None, None) => None,
+        };
         let params: [&(dyn ToSql + Sync); 13] = [
             &ids,
             &topics,
@@ -571,12 +579,18 @@ impl Db {
             }
         }
         let mut out = Vec::with_capacity(events.len());
-        let mut earliest: Option<Timestamp> = None;
+        let (mut earliest_now, mut earliest_ahead): (Option<Timestamp>, Option<Timestamp>) = (None, None);
         for e in events {
             match stored.remove(&e.id().as_uuid()) {
                 Some(n) => {
                     if n > 0 {
-                        earliest = Some(earliest.map_or(e.deliver_at(), |t| t.min(e.deliver_at())));
+                        let due = e.deliver_at();
+                        let slot = if due <= now {
+                            &mut earliest_now
+                        } else {
+                            &mut earliest_ahead
+                        };
+                        *slot = Some(slot.map_or(due, |t| t.min(due)));
                     }
                     out.push(Published::Stored {
                         id: e.id(),
@@ -591,7 +605,7 @@ impl Db {
                 }
             }
         }
-        if let Some(t) = earliest {
+        for t in [earliest_now, earliest_ahead].into_iter().flatten() {
             self.hub.send(Wakeup::Due(t));
         }
         Ok(out)
@@ -737,6 +751,19 @@ impl Store for PostgresStore {
                 u32::try_from(attempt).unwrap_or(0),
                 due,
             ));
+        }
+        if !out.is_empty() {
+            // Other nodes learn when these leases run out, to take the deliveries over if this
+            // node dies: without it they found out only at their runtime's 30 s re-check. Sent
+            // on the side, so the claim is not held up by it.
+            let db = self.inner.db.clone();
+            let payload = format!("{}{}", db.due_prefix(), lease_until.as_millis());
+            tokio::spawn(async move {
+                let params: [&(dyn ToSql + Sync); 2] = [&db.channel, &payload];
+                if let Err(e) = db.rows_once(&db.sql.notify, &params).await {
+                    tracing::debug!(error = %e, "herald-postgres: a lease NOTIFY failed; other nodes re-check later");
+                }
+            });
         }
         Ok(out)
     }

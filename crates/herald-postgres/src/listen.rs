@@ -138,17 +138,25 @@ fn deliver(l: &Listener, n: &Notification) {
     if node == l.node {
         return;
     }
-    if let Some(w) = parse(what) {
+    for w in parse(what) {
         l.hub.send(w);
     }
 }
 
-/// A notification's payload after the node: `d<ms>` or `a<event id>`.
-fn parse(what: &str) -> Option<Wakeup> {
-    if let Some(ms) = what.strip_prefix('d') {
-        return ms.parse().ok().map(|ms| Wakeup::Due(Timestamp::from_millis(ms)));
+/// A notification's payload after the node: `d<ms>[,<ms>...]` or `a<event id>`.
+fn parse(what: &str) -> Vec<Wakeup> {
+    if let Some(times) = what.strip_prefix('d') {
+        return times
+            .split(',')
+            .filter_map(|ms| ms.parse().ok())
+            .map(|ms| Wakeup::Due(Timestamp::from_millis(ms)))
+            .collect();
     }
-    what.strip_prefix('a')?.parse::<EventId>().ok().map(Wakeup::Answered)
+    what.strip_prefix('a')
+        .and_then(|id| id.parse::<EventId>().ok())
+        .map(Wakeup::Answered)
+        .into_iter()
+        .collect()
 }
 
 /// Polling instead of listening: tells the runtime to re-check every `interval`, so that what
@@ -172,11 +180,18 @@ mod tests {
     fn payloads_parse() {
         assert_eq!(
             parse("d1700000000000"),
-            Some(Wakeup::Due(Timestamp::from_millis(1_700_000_000_000)))
+            vec![Wakeup::Due(Timestamp::from_millis(1_700_000_000_000))]
+        );
+        assert_eq!(
+            parse("d1700000000000,1700000005000"),
+            vec![
+                Wakeup::Due(Timestamp::from_millis(1_700_000_000_000)),
+                Wakeup::Due(Timestamp::from_millis(1_700_000_005_000))
+            ]
         );
         let id = EventId::new();
-        assert_eq!(parse(&format!("a{id}")), Some(Wakeup::Answered(id)));
-        assert_eq!(parse("x"), None);
-        assert_eq!(parse("dnope"), None);
+        assert_eq!(parse(&format!("a{id}")), vec![Wakeup::Answered(id)]);
+        assert_eq!(parse("x"), vec![]);
+        assert_eq!(parse("dnope"), vec![]);
     }
 }

@@ -252,7 +252,7 @@ impl RedisStoreBuilder {
         let tag = format!("{{{}}}", self.prefix);
         let channel = format!("{tag}:wake");
         let node = format!("{:016x}", fastrand::u64(..));
-        let hub = Arc::new(WakeupHub::new());
+        let hub = Arc::new(WakeupHub::with_clock(clock));
         let first = wake::subscribe(&client, &channel).await.map_err(unreachable)?;
         let listener = tokio::spawn(wake::listen(
             client,

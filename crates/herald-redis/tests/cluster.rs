@@ -131,6 +131,7 @@ fn the_conformance_suite_passes_on_a_cluster_node() {
         purge_removes_only_events_finished_before,
         purge_frees_idempotency_keys,
         publish_wakes_with_the_due_time,
+        a_batch_due_now_and_later_wakes_with_both_times,
         retry_release_and_requeue_wake_with_the_due_time,
         redeclare_changes_routing_for_later_publishes,
         remove_subscription_stops_routing_and_cancels_its_deliveries,

@@ -674,7 +674,9 @@ impl State {
         }
         let mut out = Vec::with_capacity(events.len());
         let mut deliveries: Vec<NewDelivery> = Vec::with_capacity(events.len());
-        let mut earliest: Option<Timestamp> = None;
+        // The earliest due now and the earliest ahead, both announced: "due now" alone would hide
+        // the later time from a timer with nothing else to wait for.
+        let (mut earliest_now, mut earliest_ahead): (Option<Timestamp>, Option<Timestamp>) = (None, None);
         for (event, routes) in events.iter().zip(&routes) {
             // Taken out once counted: the same event twice in a run is stored once.
             let Some(seq) = stored.remove(&event.id()) else {
@@ -711,7 +713,12 @@ impl State {
                 counts.unrouted += 1;
             } else {
                 counts.add(code, routes.len() as i64);
-                earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                let slot = if code == status::PENDING {
+                    &mut earliest_now
+                } else {
+                    &mut earliest_ahead
+                };
+                *slot = Some(slot.map_or(due, |e| e.min(due)));
             }
             out.push(Published::Stored {
                 id: event.id(),
@@ -739,7 +746,8 @@ impl State {
             }
             stmt.raw_execute()?;
         }
-        fx.wakeups.extend(earliest.map(Wakeup::Due));
+        fx.wakeups
+            .extend([earliest_now, earliest_ahead].into_iter().flatten().map(Wakeup::Due));
         Ok(out)
     }
 

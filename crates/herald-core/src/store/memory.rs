@@ -53,14 +53,15 @@ impl MemoryStoreBuilder {
 
     /// The store.
     pub fn build(self) -> MemoryStore {
+        let clock = self.clock.unwrap_or_default();
         MemoryStore {
-            clock: self.clock.unwrap_or_default(),
+            wake: WakeupHub::with_clock(clock),
+            clock,
             state: Mutex::new(State {
                 retain_for: self.retain_for,
                 retain_max: self.retain_max,
                 ..State::default()
             }),
-            wake: WakeupHub::new(),
             backlog: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -635,7 +636,9 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut out = Vec::with_capacity(events.len());
-        let mut earliest: Option<Timestamp> = None;
+        // The earliest due now and the earliest ahead, both announced: "due now" alone would hide
+        // the later time from a timer with nothing else to wait for.
+        let (mut earliest_now, mut earliest_ahead): (Option<Timestamp>, Option<Timestamp>) = (None, None);
         for event in events {
             if let Some(&first) = event.key().and_then(|k| st.keys.get(k)) {
                 out.push(Published::Duplicate { id: first });
@@ -702,14 +705,19 @@ impl Store for MemoryStore {
                 }
                 st.finished.push_back((now, Ref { slot, gen, idx: 0 }));
             } else {
-                earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                let slot = if immediate {
+                    &mut earliest_now
+                } else {
+                    &mut earliest_ahead
+                };
+                *slot = Some(slot.map_or(due, |e| e.min(due)));
             }
             out.push(Published::Stored { id, deliveries: n });
         }
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        if let Some(t) = earliest {
+        for t in [earliest_now, earliest_ahead].into_iter().flatten() {
             self.wake(Wakeup::Due(t));
         }
         Ok(out)

@@ -1,8 +1,10 @@
 //! A coalescing fan-out of [`Wakeup`]s, for stores whose changes all happen in this process.
 //!
-//! A broadcast channel wakes a listener once per publish. Here each listener keeps only the
-//! earliest due time it has not seen yet (plus the answered requests), so a burst of publishes
-//! wakes it once.
+//! A broadcast channel wakes a listener once per publish. Here each listener keeps only two due
+//! times it has not seen yet: the earliest of those already due when sent, and the earliest of
+//! those still ahead (plus the answered requests), so a burst of publishes wakes it once, and a
+//! time ahead is never hidden behind one that is due now (a timer told only "due now" would sleep
+//! past it).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -14,11 +16,14 @@ use tokio::sync::Notify;
 
 use super::Wakeup;
 use crate::event::EventId;
-use crate::time::Timestamp;
+use crate::time::{Clock, Timestamp};
 
 #[derive(Debug)]
 struct Listener {
-    earliest: AtomicI64,
+    /// The earliest due time that was due when sent.
+    due_now: AtomicI64,
+    /// The earliest due time that was still ahead when sent.
+    ahead: AtomicI64,
     answered: Mutex<VecDeque<EventId>>,
     lagged: AtomicBool,
     closed: AtomicBool,
@@ -34,14 +39,24 @@ struct Listener {
 ///
 /// let hub = WakeupHub::new();
 /// let mut listener = hub.subscribe();
-/// hub.send(Wakeup::Due(Timestamp::from_millis(20)));
-/// hub.send(Wakeup::Due(Timestamp::from_millis(10)));
-/// assert_eq!(listener.next().await, Some(Wakeup::Due(Timestamp::from_millis(10))));
+/// let now = Timestamp::now_system();
+/// hub.send(Wakeup::Due(now + std::time::Duration::from_secs(20)));
+/// hub.send(Wakeup::Due(now + std::time::Duration::from_secs(10)));
+/// hub.send(Wakeup::Due(now));
+/// // What is due now first, then the earliest time ahead; later times ahead are coalesced into it.
+/// assert_eq!(listener.next().await, Some(Wakeup::Due(now)));
+/// assert_eq!(listener.next().await, Some(Wakeup::Due(now + std::time::Duration::from_secs(10))));
 /// # }
 /// ```
-#[derive(Default)]
 pub struct WakeupHub {
     listeners: Mutex<Vec<Weak<Listener>>>,
+    clock: Clock,
+}
+
+impl Default for WakeupHub {
+    fn default() -> Self {
+        Self::with_clock(Clock::new())
+    }
 }
 
 impl fmt::Debug for WakeupHub {
@@ -51,19 +66,36 @@ impl fmt::Debug for WakeupHub {
 }
 
 impl WakeupHub {
-    /// A hub with no listeners.
+    /// A hub with no listeners, telling "due now" from "ahead" by the wall clock.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A hub that tells "due now" from "ahead" by `clock`: give it the store's clock.
+    ///
+    /// ```
+    /// use herald_core::{store::WakeupHub, Clock};
+    ///
+    /// let hub = WakeupHub::with_clock(Clock::new());
+    /// # drop(hub);
+    /// ```
+    pub fn with_clock(clock: Clock) -> Self {
+        WakeupHub {
+            listeners: Mutex::new(Vec::new()),
+            clock,
+        }
+    }
+
     /// Tells every listener.
     pub fn send(&self, wakeup: Wakeup) {
+        let now = self.clock.now();
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         listeners.retain(|weak| {
             let Some(l) = weak.upgrade() else { return false };
             match wakeup {
                 Wakeup::Due(t) => {
-                    l.earliest.fetch_min(t.as_millis(), Ordering::AcqRel);
+                    let slot = if t <= now { &l.due_now } else { &l.ahead };
+                    slot.fetch_min(t.as_millis(), Ordering::AcqRel);
                 }
                 Wakeup::Answered(id) => l.answered.lock().unwrap_or_else(|p| p.into_inner()).push_back(id),
                 Wakeup::Lagged => l.lagged.store(true, Ordering::Release),
@@ -76,7 +108,8 @@ impl WakeupHub {
     /// A new listener: a stream of what was sent after this call.
     pub fn subscribe(&self) -> BoxStream<'static, Wakeup> {
         let listener = Arc::new(Listener {
-            earliest: AtomicI64::new(i64::MAX),
+            due_now: AtomicI64::new(i64::MAX),
+            ahead: AtomicI64::new(i64::MAX),
             answered: Mutex::new(VecDeque::new()),
             lagged: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -105,9 +138,11 @@ impl Listener {
             if self.lagged.swap(false, Ordering::AcqRel) {
                 return Some(Wakeup::Lagged);
             }
-            let t = self.earliest.swap(i64::MAX, Ordering::AcqRel);
-            if t != i64::MAX {
-                return Some(Wakeup::Due(Timestamp::from_millis(t)));
+            for slot in [&self.due_now, &self.ahead] {
+                let t = slot.swap(i64::MAX, Ordering::AcqRel);
+                if t != i64::MAX {
+                    return Some(Wakeup::Due(Timestamp::from_millis(t)));
+                }
             }
             if self.closed.load(Ordering::Acquire) {
                 return None;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_core::{Store, StoreError, Verdict, Wakeup};
+use herald_core::{Event, Store, StoreError, Verdict, Wakeup};
 
 use crate::fixture::{advance, claim_one, declare, event, next_wakeup, publish, scheduled, settle};
 
@@ -33,6 +33,36 @@ pub async fn publish_wakes_with_the_due_time<S: Store + ?Sized>(store: &S) -> Re
         next_wakeup(&mut second).await,
         Some(Wakeup::Due(due)),
         "every listener is woken"
+    );
+    Ok(())
+}
+
+/// One batch of an immediate and a scheduled event wakes listeners with both times: "due now" alone
+/// would leave a timer that has nothing later to wait for asleep past the scheduled one.
+pub async fn a_batch_due_now_and_later_wakes_with_both_times<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
+    declare(store, "work", "job.*").await?;
+    let mut wakeups = store.wakeups();
+    let immediate = event(store, "job.now");
+    let now = immediate.deliver_at;
+    let later = scheduled(store, "job.later", Duration::from_secs(5));
+    let due = later.deliver_at;
+    store
+        .publish(vec![Event::from_parts(immediate), Event::from_parts(later)])
+        .await?;
+    let mut seen = Vec::new();
+    while let Some(w) = next_wakeup(&mut wakeups).await {
+        seen.push(w);
+        if seen.contains(&Wakeup::Due(due)) {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|w| matches!(w, Wakeup::Due(t) if *t <= now)),
+        "the immediate event is due now: {seen:?}"
+    );
+    assert!(
+        seen.contains(&Wakeup::Due(due)),
+        "the scheduled event's time must be announced too: {seen:?}"
     );
     Ok(())
 }
