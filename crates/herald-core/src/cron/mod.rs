@@ -38,7 +38,7 @@ mod spec;
 pub use error::CronError;
 pub use spec::CronSpec;
 
-pub(crate) use registry::Registry;
+pub(crate) use registry::{tick_died, Registry};
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -370,7 +370,6 @@ impl<'a> IntoFuture for CronBuilder<'a> {
                 Change::Updated => CRON_UPDATED_TOPIC,
                 Change::Unchanged => return Ok(CronHandle::new(herald, name)),
             };
-            registry::watch_failures(herald).await;
             registry::announce_change(&herald.inner, &name, topic).await;
             Ok(CronHandle::new(herald, name))
         })

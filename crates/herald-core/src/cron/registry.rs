@@ -2,8 +2,8 @@
 //! runtime's clock, publish the tick's event under its key, announce what happened.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,21 +15,16 @@ use super::{
     Missed, CRON_EXECUTED_TOPIC, CRON_FAILED_TOPIC, CRON_HEADER, CRON_TICK_HEADER, NEXT_FIRES,
 };
 use crate::error::PublishError;
-use crate::event::{Headers, Priority};
-use crate::handler::{Context, HandlerError};
-use crate::runtime::{DeadLetter, Herald, Inner, Message, Room, DEAD_LETTER_TOPIC};
+use crate::event::{Event, Headers, Priority};
+use crate::runtime::{DeadLetter, Herald, Inner, Message, Room};
 use crate::store::{EventFilter, PageRequest, Published, StoreError};
 use crate::time::Timestamp;
 use crate::topic::Topic;
-
-/// The subscription through which a runtime with schedules learns that a tick's delivery died.
-const FAILURES_SUBSCRIPTION: &str = "herald.cron.failures";
 
 /// The schedules of one runtime, by name.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     entries: Mutex<BTreeMap<String, Entry>>,
-    watching_failures: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -396,41 +391,11 @@ async fn announce_keyed(inner: &Inner, message: Message) {
     }
 }
 
-/// Subscribes this runtime, once, to dead letters, to turn those of tick events into
-/// `cron.task.failed`. Every node uses the same subscription name, so in a shared store each
-/// death is announced by one of them.
-pub(super) async fn watch_failures(herald: &Herald) {
-    let inner = &herald.inner;
-    if !inner.system_events || inner.crons.watching_failures.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    // Weak: the handler lives inside the runtime it would otherwise keep alive.
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    let subscribed = herald
-        .subscribe(FAILURES_SUBSCRIPTION, DEAD_LETTER_TOPIC)
-        .handle(move |dead: DeadLetter, _ctx: Context| {
-            let weak = weak.clone();
-            async move {
-                match weak.upgrade() {
-                    Some(inner) => tick_died(&inner, dead).await,
-                    None => Ok(()),
-                }
-            }
-        })
-        .await;
-    if let Err(e) = subscribed {
-        inner.crons.watching_failures.store(false, Ordering::SeqCst);
-        tracing::warn!(error = %e, "herald: cron failures will not be announced");
-    }
-}
-
-async fn tick_died(inner: &Inner, dead: DeadLetter) -> Result<(), HandlerError> {
-    let Some(record) = inner.store.get(dead.event_id).await? else {
-        return Ok(());
-    };
-    let event = record.event;
+/// Announces `cron.task.failed` when the event whose delivery died (`dead`) is a tick's: called
+/// by the runtime where the death is recorded, so once per death.
+pub(crate) async fn tick_died(inner: &Inner, event: &Event, dead: &DeadLetter) {
     let Some(name) = event.headers().get(CRON_HEADER) else {
-        return Ok(());
+        return;
     };
     let tick = event
         .headers()
@@ -442,9 +407,9 @@ async fn tick_died(inner: &Inner, dead: DeadLetter) -> Result<(), HandlerError> 
         tick,
         event_id: dead.event_id,
         delivery_id: dead.delivery_id,
-        subscription: dead.subscription,
+        subscription: dead.subscription.clone(),
         attempts: dead.attempts,
-        reason: dead.reason,
+        reason: dead.reason.clone(),
     };
     // Keyed by the death, so a dead letter handled twice announces once.
     let key = format!(
@@ -454,5 +419,4 @@ async fn tick_died(inner: &Inner, dead: DeadLetter) -> Result<(), HandlerError> 
         failed.attempts
     );
     announce_keyed(inner, Message::json(CRON_FAILED_TOPIC, &failed).key(key)).await;
-    Ok(())
 }

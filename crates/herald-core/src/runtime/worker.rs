@@ -216,17 +216,22 @@ async fn after_recorded(inner: &Inner, done: Finished) {
             attempts: claimed.attempt,
             reason,
         };
-        announce_death(inner, notice).await;
+        announce_death(inner, event, notice).await;
     }
 }
 
-/// Publishes `herald.event.dead` for a delivery that died.
-async fn announce_death(inner: &Inner, notice: DeadLetter) {
+/// Publishes `herald.event.dead` for a delivery of `event` that died (and `cron.task.failed` when
+/// it was a cron tick's).
+async fn announce_death(inner: &Inner, event: &crate::event::Event, notice: DeadLetter) {
     // Deaths of herald's own events are not announced, so a failing dead-letter handler cannot
     // feed itself.
     if !inner.system_events || notice.topic.as_str().starts_with("herald.") {
         return;
     }
+    #[cfg(feature = "cron")]
+    Box::pin(crate::cron::tick_died(inner, event, &notice)).await;
+    #[cfg(not(feature = "cron"))]
+    let _ = event;
     // Boxed: the publish future is large and rare.
     let publish = Box::pin(inner.publish_one(Message::json(DEAD_LETTER_TOPIC, &notice), Room::Ignore));
     if let Err(e) = publish.await {
@@ -289,9 +294,9 @@ impl Herald {
                 r.deliveries
                     .iter()
                     .find(|d| d.id == lease.delivery)
-                    .map(|d| (r.event.topic().clone(), d))
+                    .map(|d| (&r.event, r.event.topic().clone(), d))
             });
-            if let Some((topic, delivery)) = found {
+            if let Some((dead_event, topic, delivery)) = found {
                 let notice = DeadLetter {
                     event_id: event,
                     delivery_id: lease.delivery,
@@ -300,7 +305,7 @@ impl Herald {
                     attempts: delivery.attempt_count,
                     reason,
                 };
-                announce_death(inner, notice).await;
+                announce_death(inner, dead_event, notice).await;
             }
         }
         Ok(done)
