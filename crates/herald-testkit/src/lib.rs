@@ -54,6 +54,41 @@ macro_rules! store_conformance {
     };
 }
 
+/// Runs every conformance case in turn, each on its own paused-clock runtime against a fresh store
+/// from `factory`, and panics naming the first case that fails.
+///
+/// For a backend whose cases must share what one `#[test]` per case cannot, such as a private
+/// server the test starts once; otherwise prefer [`store_conformance!`], whose cases run (and fail)
+/// on their own.
+///
+/// ```
+/// use herald_core::MemoryStore;
+///
+/// herald_testkit::run_every_case!(async { MemoryStore::new() });
+/// ```
+#[macro_export]
+macro_rules! run_every_case {
+    ($factory:expr $(,)?) => {
+        $crate::__for_each_case!(__run_every_case!($factory))
+    };
+}
+
+/// Each case in turn, against a fresh store from the factory.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __run_every_case {
+    (($factory:expr) [$($case:ident),* $(,)?]) => {{
+        $(
+            if let Err(e) = $crate::__private::run_paused(async {
+                let store = $factory.await;
+                $crate::cases::$case(&store).await
+            }) {
+                panic!("conformance case {} failed: {e}", stringify!($case));
+            }
+        )*
+    }};
+}
+
 /// Calls `$callback!` with `$args` and the list of every case: the one place the list is written.
 #[doc(hidden)]
 #[macro_export]
