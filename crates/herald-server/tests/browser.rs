@@ -9,13 +9,14 @@
 //! passes, unless `HERALD_REQUIRE_BROWSER=1` (as in CI), when it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -55,39 +56,11 @@ fn browser() -> Result<Browser, String> {
 
 /// Starts `herald serve` with a token on the memory store; returns it with its base URL.
 async fn spawn_server() -> (Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory",
-        "--token",
-        TOKEN,
-    ]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HERALD_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the server did not report its address within 30 s")
-        .unwrap()
-        .expect("the server exited before listening");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+    let args: Vec<String> = ["--listen", "127.0.0.1:0", "--store", "memory", "--token", TOKEN]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    common::spawn_serve(&args, "error").await
 }
 
 /// A client of the server's API with the token.

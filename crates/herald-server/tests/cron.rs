@@ -355,17 +355,9 @@ async fn cli_add_list_pause_resume_remove() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_acts_on_the_server_that_receives_it() {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
     let mut c = config();
     c.store = StoreKind::Redis("redis://127.0.0.1:6379".into());
-    c.namespace = format!("cronpause_{:016x}", h.finish());
+    c.namespace = common::namespace("cronpause");
     c.cron = vec![CronEntry::new("beat", "* * * * * *", "clock.beat")];
     // Each server keeps its API-made schedules in its own data directory.
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -9,15 +9,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -40,41 +40,8 @@ impl Drop for Cluster {
     }
 }
 
-/// Starts `herald serve` with `args` and returns it with its base URL, read from its first
-/// stdout line.
 async fn spawn(args: &[String]) -> (Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.arg("serve").args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HERALD_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the server did not report its address within 30 s")
-        .unwrap()
-        .expect("the server exited before listening");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
-}
-
-fn namespace() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
-    format!("cron_{:016x}", h.finish())
+    common::spawn_serve(args, "warn").await
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -173,7 +140,7 @@ async fn three_servers_fire_each_tick_once(store: &str) {
         "[[cron]]\nname = \"every-second\"\nexpr = \"* * * * * *\"\ntopic = \"clock.tick\"\n",
     )
     .unwrap();
-    let ns = namespace();
+    let ns = common::namespace("cron");
     let args = |i: usize| -> Vec<String> {
         let data: &Path = dir.path();
         vec![

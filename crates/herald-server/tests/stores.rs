@@ -13,23 +13,6 @@ use serde_json::json;
 
 use common::TestServer;
 
-fn namespace() -> String {
-    format!("srv_{:016x}", fastrand_u64())
-}
-
-/// A random number without a dependency: the std hasher is randomly keyed per process.
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
-}
-
 async fn server(store: &StoreKind, namespace: &str) -> (TestServer, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut config = common::config();
@@ -42,7 +25,7 @@ async fn server(store: &StoreKind, namespace: &str) -> (TestServer, tempfile::Te
 /// A delayed event published on one server is claimed through the other when it is due, acked
 /// there, and the first server's history shows it succeeded.
 async fn two_servers_share_one_store(store: StoreKind) {
-    let ns = namespace();
+    let ns = common::namespace("srv");
     let (a, a_data) = server(&store, &ns).await;
     let (b, _b_data) = server(&store, &ns).await;
     for s in [&a, &b] {

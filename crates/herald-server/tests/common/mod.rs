@@ -109,3 +109,49 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A fresh namespace (Redis key prefix, PostgreSQL schema) for one test: `<prefix>_<16 hex>`.
+pub fn namespace(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // The std hasher is keyed randomly per process; the time tells tests of one process apart.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    format!("{prefix}_{:016x}", h.finish())
+}
+
+/// Starts the real `herald serve ARGS` (no `HERALD_*` variables from the environment, logging at
+/// `log`), killed when the child is dropped; returns it with the base URL from its first stdout
+/// line.
+pub async fn spawn_serve(args: &[String], log: &str) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.arg("serve").args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERALD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server did not report its address within 30 s")
+        .unwrap()
+        .expect("the server exited before listening");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
