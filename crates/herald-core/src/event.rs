@@ -39,9 +39,23 @@ fn new_v7() -> Uuid {
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(Uuid);
+
+        // The order of the bytes, compared as one big-endian integer: two instructions instead
+        // of a byte loop, and ids are compared in every index lookup.
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.0.as_u128().cmp(&other.0.as_u128())
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
 
         impl $name {
             /// A new time-ordered (UUIDv7) id.
@@ -273,7 +287,12 @@ pub const JSON: &str = "application/json";
 /// # Ok::<(), herald_core::TopicError>(())
 /// ```
 #[derive(Clone)]
-pub struct Event {
+pub struct Event(Arc<EventData>);
+
+/// An event's fields, shared by its clones: a claim, a handler's context and the handler each hold
+/// one, and a clone costs a reference count instead of copying 100 bytes and promoting the payload.
+#[derive(Clone)]
+struct EventData {
     id: EventId,
     topic: Topic,
     payload: Bytes,
@@ -356,7 +375,7 @@ impl Event {
             reply_to: p.reply_to,
             headers: p.headers,
         };
-        Event {
+        Event(Arc::new(EventData {
             id: p.id,
             topic: p.topic,
             payload: p.payload,
@@ -365,23 +384,24 @@ impl Event {
             expires_at: p.expires_at.unwrap_or(Timestamp::MAX),
             priority: p.priority,
             extra: (extra != Extra::default()).then(|| Arc::new(extra)),
-        }
+        }))
     }
 
     /// Its parts.
     pub fn into_parts(self) -> EventParts {
-        let extra = self.extra.map(Arc::unwrap_or_clone).unwrap_or_default();
+        let data = Arc::unwrap_or_clone(self.0);
+        let extra = data.extra.map(Arc::unwrap_or_clone).unwrap_or_default();
         EventParts {
-            id: self.id,
-            topic: self.topic,
-            payload: self.payload,
+            id: data.id,
+            topic: data.topic,
+            payload: data.payload,
             content_type: extra.content_type,
             source: extra.source,
             headers: extra.headers,
-            priority: self.priority,
-            published_at: self.published_at,
-            deliver_at: self.deliver_at,
-            expires_at: (self.expires_at != Timestamp::MAX).then_some(self.expires_at),
+            priority: data.priority,
+            published_at: data.published_at,
+            deliver_at: data.deliver_at,
+            expires_at: (data.expires_at != Timestamp::MAX).then_some(data.expires_at),
             key: extra.key,
             reply_to: extra.reply_to,
         }
@@ -389,22 +409,23 @@ impl Event {
 
     /// The event's id.
     pub fn id(&self) -> EventId {
-        self.id
+        self.0.id
     }
 
     /// Its topic.
     pub fn topic(&self) -> &Topic {
-        &self.topic
+        &self.0.topic
     }
 
     /// Its payload bytes.
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.0.payload
     }
 
     /// The payload's media type (`application/json` unless the publisher said otherwise).
     pub fn content_type(&self) -> &str {
-        self.extra
+        self.0
+            .extra
             .as_ref()
             .and_then(|e| e.content_type.as_deref())
             .unwrap_or(JSON)
@@ -412,64 +433,64 @@ impl Event {
 
     /// Who published it, if the publisher said.
     pub fn source(&self) -> Option<&str> {
-        self.extra.as_ref().and_then(|e| e.source.as_deref())
+        self.0.extra.as_ref().and_then(|e| e.source.as_deref())
     }
 
     /// Its headers.
     pub fn headers(&self) -> &Headers {
         static EMPTY: Headers = Headers::new();
-        self.extra.as_ref().map_or(&EMPTY, |e| &e.headers)
+        self.0.extra.as_ref().map_or(&EMPTY, |e| &e.headers)
     }
 
     /// Its priority.
     pub fn priority(&self) -> Priority {
-        self.priority
+        self.0.priority
     }
 
     /// When it was published.
     pub fn published_at(&self) -> Timestamp {
-        self.published_at
+        self.0.published_at
     }
 
     /// When it is due.
     pub fn deliver_at(&self) -> Timestamp {
-        self.deliver_at
+        self.0.deliver_at
     }
 
     /// When it expires unhandled, if ever.
     pub fn expires_at(&self) -> Option<Timestamp> {
-        (self.expires_at != Timestamp::MAX).then_some(self.expires_at)
+        (self.0.expires_at != Timestamp::MAX).then_some(self.0.expires_at)
     }
 
     /// Whether it has expired at `now`.
     pub fn is_expired_at(&self, now: Timestamp) -> bool {
-        self.expires_at <= now
+        self.0.expires_at <= now
     }
 
     /// Its idempotency key.
     pub fn key(&self) -> Option<&str> {
-        self.extra.as_ref().and_then(|e| e.key.as_deref())
+        self.0.extra.as_ref().and_then(|e| e.key.as_deref())
     }
 
     /// Where a reply goes; set on requests.
     pub fn reply_to(&self) -> Option<&str> {
-        self.extra.as_ref().and_then(|e| e.reply_to.as_deref())
+        self.0.extra.as_ref().and_then(|e| e.reply_to.as_deref())
     }
 
     /// Decodes the JSON payload.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.payload)
+        serde_json::from_slice(&self.0.payload)
     }
 }
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Event")
-            .field("id", &self.id)
-            .field("topic", &self.topic)
-            .field("payload_len", &self.payload.len())
-            .field("priority", &self.priority)
-            .field("deliver_at", &self.deliver_at)
+            .field("id", &self.0.id)
+            .field("topic", &self.0.topic)
+            .field("payload_len", &self.0.payload.len())
+            .field("priority", &self.0.priority)
+            .field("deliver_at", &self.0.deliver_at)
             .field("expires_at", &self.expires_at())
             .field("key", &self.key())
             .finish_non_exhaustive()
@@ -478,14 +499,15 @@ impl fmt::Debug for Event {
 
 impl PartialEq for Event {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-            && self.topic == other.topic
-            && self.payload == other.payload
-            && self.published_at == other.published_at
-            && self.deliver_at == other.deliver_at
-            && self.expires_at == other.expires_at
-            && self.priority == other.priority
-            && self.extra.as_deref().unwrap_or(&Extra::default()) == other.extra.as_deref().unwrap_or(&Extra::default())
+        self.0.id == other.0.id
+            && self.0.topic == other.0.topic
+            && self.0.payload == other.0.payload
+            && self.0.published_at == other.0.published_at
+            && self.0.deliver_at == other.0.deliver_at
+            && self.0.expires_at == other.0.expires_at
+            && self.0.priority == other.0.priority
+            && self.0.extra.as_deref().unwrap_or(&Extra::default())
+                == other.0.extra.as_deref().unwrap_or(&Extra::default())
     }
 }
 

@@ -162,7 +162,13 @@ impl Clock {
 
     /// The current time.
     pub fn now(&self) -> Timestamp {
-        let elapsed = Instant::now().saturating_duration_since(self.origin);
+        self.reading_at(Instant::now())
+    }
+
+    /// What this clock reads (or read) at `instant`: one clock read serves both a tokio deadline
+    /// and a timestamp.
+    pub(crate) fn reading_at(&self, instant: Instant) -> Timestamp {
+        let elapsed = instant.saturating_duration_since(self.origin);
         Timestamp(
             self.origin_ms
                 .saturating_add(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)),

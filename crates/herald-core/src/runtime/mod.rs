@@ -4,7 +4,7 @@
 //! claims due deliveries up to its free capacity; each claimed delivery runs in its own task under
 //! the subscription's timeout; one timer sleeps until the earliest due time the store knows of.
 
-mod dispatch;
+mod pool;
 mod publish;
 mod query;
 mod subscribe;
@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Notify, OnceCell, Semaphore};
+use tokio::sync::{oneshot, Notify, OnceCell};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -259,16 +259,11 @@ impl HeraldBuilder {
         let node = self
             .node
             .unwrap_or_else(|| format!("pid-{}-{:08x}", std::process::id(), fastrand::u32(..)));
-        // The pool is `workers` long-lived tasks fed by one queue: a task per attempt cost a third
-        // of a no-op handler's time. Permits taken before claiming bound the queue to the pool.
-        let (work_tx, work_rx) = async_channel::unbounded();
-        let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             wakeups: Mutex::new(Some(store.wakeups())),
             store,
             clock,
             node,
-            workers: Arc::new(Semaphore::new(self.workers)),
             worker_count: self.workers,
             max_pending: self.max_pending,
             lease: self.lease,
@@ -285,19 +280,19 @@ impl HeraldBuilder {
             hard_stop: CancellationToken::new(),
             stopped: CancellationToken::new(),
             in_flight: worker::InFlight::default(),
-            work: work_tx,
-            outcomes: outcomes_tx,
+            pool: pool::Pool::default(),
             background: TaskTracker::new(),
             shutdown: OnceCell::new(),
             metrics: Metrics::new(),
             #[cfg(feature = "cron")]
             crons: crate::cron::Registry::default(),
         });
+        // The pool is `workers` long-lived tasks that claim for themselves (see `pool`): a task
+        // per attempt cost a third of a no-op handler's time, and a dispatcher and a completer
+        // between publisher and worker cost two task wakeups per delivery.
         for _ in 0..self.workers {
-            inner.background.spawn(worker::work(inner.clone(), work_rx.clone()));
+            inner.background.spawn(pool::work(inner.clone()));
         }
-        drop(work_rx);
-        inner.background.spawn(worker::complete(inner.clone(), outcomes_rx));
         inner.background.spawn(timer::run(inner.clone()));
         inner.background.spawn(maintain(inner.clone()));
         let herald = Herald { inner };
@@ -318,7 +313,6 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Clock,
     pub(crate) node: String,
-    pub(crate) workers: Arc<Semaphore>,
     pub(crate) worker_count: usize,
     pub(crate) max_pending: Option<u64>,
     pub(crate) lease: Duration,
@@ -340,10 +334,8 @@ pub(crate) struct Inner {
     pub(crate) wakeups: Mutex<Option<futures_util::stream::BoxStream<'static, crate::store::Wakeup>>>,
     /// Claimed deliveries not yet finished (queued for a worker or running).
     pub(crate) in_flight: worker::InFlight,
-    /// Claimed deliveries on their way to the worker pool.
-    pub(crate) work: async_channel::Sender<worker::Job>,
-    /// Outcomes on their way to the completer.
-    pub(crate) outcomes: tokio::sync::mpsc::UnboundedSender<worker::Finished>,
+    /// The workers' shared queue, idle list and outcome combining.
+    pub(crate) pool: pool::Pool,
     pub(crate) background: TaskTracker,
     shutdown: OnceCell<ShutdownReport>,
     pub(crate) metrics: Metrics,
@@ -353,11 +345,12 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// Wakes every local dispatcher: something may be due.
+    /// Marks every local subscription as having due work and wakes an idle worker to claim.
     pub(crate) fn notify_dispatchers(&self) {
         for sub in self.subs.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            sub.wake.notify_one();
+            sub.demand.due.store(true, Ordering::SeqCst);
         }
+        self.pool.wake();
     }
 
     /// Tells publishers waiting for room that deliveries finished. Cheap when nobody waits.
@@ -564,7 +557,6 @@ impl Herald {
                 let interrupted = if drained_in_time { 0 } else { inner.in_flight.count() };
                 inner.hard_stop.cancel();
                 inner.in_flight.idle().await;
-                inner.work.close();
                 inner.stopped.cancel();
                 inner.background.close();
                 inner.background.wait().await;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{dispatch, Herald};
+use super::pool::Demand;
+use super::Herald;
 use crate::error::SubscribeError;
 use crate::event::Event;
 use crate::handler::{self, BoxHandler, Context, HandlerError};
@@ -49,8 +49,8 @@ pub(crate) struct LocalSub {
     pub(crate) policy: Policy,
     pub(crate) lease: Duration,
     pub(crate) handler: BoxHandler,
-    pub(crate) limit: Arc<Semaphore>,
-    pub(crate) wake: Notify,
+    /// Its limit, its running count and whether it has due work, for the pool.
+    pub(crate) demand: Demand,
     pub(crate) paused: AtomicBool,
     pub(crate) stop: CancellationToken,
     pub(crate) metrics: SubMetrics,
@@ -180,17 +180,11 @@ impl SubscriptionBuilder<'_> {
         let sub = Arc::new(LocalSub {
             metrics: inner.metrics.subscription(&name),
             lease: policy.lease.unwrap_or(inner.lease),
-            limit: Arc::new(Semaphore::new(
-                policy
-                    .concurrency
-                    .unwrap_or(inner.worker_count)
-                    .min(Semaphore::MAX_PERMITS),
-            )),
+            demand: Demand::new(policy.concurrency.unwrap_or(inner.worker_count)),
             name: name.clone(),
             pattern,
             policy,
             handler,
-            wake: Notify::new(),
             paused: AtomicBool::new(false),
             stop: inner.stop_claiming.child_token(),
         });
@@ -201,7 +195,8 @@ impl SubscriptionBuilder<'_> {
             }
             subs.push(sub.clone());
         }
-        inner.background.spawn(dispatch::run(inner.clone(), sub.clone()));
+        // Deliveries may be waiting in the store already: the pool looks at once.
+        inner.pool.wake();
         inner.timer_refresh.notify_one();
         Ok(Subscription {
             herald: self.herald.clone(),
@@ -292,7 +287,8 @@ impl Subscription {
     /// Starts attempts again.
     pub fn resume(&self) {
         self.sub.paused.store(false, Ordering::SeqCst);
-        self.sub.wake.notify_one();
+        self.sub.demand.due.store(true, Ordering::SeqCst);
+        self.herald.inner.pool.wake();
     }
 
     /// Whether it is paused.

@@ -2,9 +2,12 @@
 //! and records the outcome.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -13,7 +16,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::dispatch::Permit;
+use super::pool::Job;
 use super::publish::{Message, Room};
 use super::subscribe::LocalSub;
 use super::{Answer, DeadLetter, Herald, Inner, DEAD_LETTER_TOPIC};
@@ -36,13 +39,6 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic payload".to_owned())
-}
-
-/// A claimed delivery on its way to a worker, with the capacity it holds.
-pub(crate) struct Job {
-    pub(crate) sub: Arc<LocalSub>,
-    pub(crate) claimed: Claimed,
-    pub(crate) permit: Permit,
 }
 
 /// Counts claimed deliveries not yet finished, so that shutdown can wait for them.
@@ -81,28 +77,28 @@ impl InFlight {
     }
 }
 
-/// One worker of the pool: runs the attempts it is handed, one at a time, until the queue closes.
-pub(crate) async fn work(inner: Arc<Inner>, jobs: async_channel::Receiver<Job>) {
-    while let Ok(job) = jobs.recv().await {
-        // The job is finished (`in_flight`) by the completer once its outcome is recorded.
-        run(&inner, job.sub, job.claimed, job.permit).await;
-    }
-}
-
-async fn run(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
+/// Runs one claimed delivery; returns its outcome for the pool to record, or `None` when the
+/// lease went to another claim (the delivery is then finished here).
+pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     let span = tracing::info_span!(
         "herald.attempt",
-        subscription = %sub.name,
-        topic = %claimed.event.topic(),
-        event_id = %claimed.event.id(),
-        attempt = claimed.attempt,
+        subscription = %job.sub.name,
+        topic = %job.claimed.event.topic(),
+        event_id = %job.claimed.event.id(),
+        attempt = job.claimed.attempt,
     );
-    attempt(inner, sub, claimed, permit).instrument(span).await;
+    let finished = attempt(inner, job).instrument(span).await;
+    if finished.is_none() {
+        inner.in_flight.finish();
+    }
+    finished
 }
 
-async fn attempt(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permit: Permit) {
-    let started_at = inner.clock.now();
+async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
+    let Job { sub, claimed, slot } = job;
+    // One clock read for the start: the tokio instant gives the timestamp too.
     let started = Instant::now();
+    let started_at = inner.clock.reading_at(started);
     let late_ms = started_at.millis_since(claimed.due).max(0);
     sub.metrics.lateness.record(late_ms as f64 / 1000.0);
 
@@ -117,11 +113,14 @@ async fn attempt(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permi
     );
     let ended = match std::panic::catch_unwind(AssertUnwindSafe(|| (sub.handler)(claimed.event.clone(), ctx))) {
         Err(panic) => Ended::Panicked(panic_message(&*panic)),
-        Ok(fut) => supervise(inner, &sub, &claimed, fut, deadline).await,
+        Ok(fut) => supervise(inner, &sub, &claimed, fut, started, deadline).await,
     };
-    drop(permit);
-    let finished_at = inner.clock.now();
-    sub.metrics.handle_time.record(started.elapsed().as_secs_f64());
+    drop(slot);
+    let ended_at = Instant::now();
+    let finished_at = inner.clock.reading_at(ended_at);
+    sub.metrics
+        .handle_time
+        .record(ended_at.saturating_duration_since(started).as_secs_f64());
 
     let verdict = judge(&sub, &claimed, ended, finished_at);
     match &verdict {
@@ -138,66 +137,23 @@ async fn attempt(inner: &Arc<Inner>, sub: Arc<LocalSub>, claimed: Claimed, permi
         }
         _ => {}
     }
-    let Some(verdict) = verdict else {
-        // The lease went to another claim: that claim owns the outcome.
-        inner.in_flight.finish();
-        return;
-    };
+    // `None`: the lease went to another claim, which owns the outcome.
+    let verdict = verdict?;
     let outcome = Outcome {
         lease: claimed.lease,
         finished_at,
         verdict,
     };
-    // The completer records it (batched with its neighbours) and finishes the job; this worker
-    // goes on to the next delivery without waiting for the store.
-    if let Err(lost) = inner.outcomes.send(Finished { claimed, outcome }) {
-        // Only once the runtime has stopped: the lease runs out and the delivery comes back.
-        drop(lost);
-        inner.in_flight.finish();
-    }
+    Some(Finished { claimed, outcome })
 }
 
-/// An attempt's outcome on its way to the completer.
+/// An attempt's outcome on its way to the store.
 pub(crate) struct Finished {
     pub(crate) claimed: Claimed,
     pub(crate) outcome: Outcome,
 }
 
-/// The completer: records outcomes in batches (one store call for all that finished meanwhile:
-/// one transaction, one fsync in a durable store), then answers requests, announces deaths and
-/// wakes publishers waiting for room.
-pub(crate) async fn complete(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => n,
-            _ = inner.stopped.cancelled() => 0,
-        };
-        if n == 0 {
-            return;
-        }
-        let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
-        let results = match inner.store.complete(outcomes).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The leases run out and the deliveries are attempted again: at-least-once.
-                tracing::error!(error = %e, count = n, "herald: could not record outcomes; the deliveries will run again after their leases");
-                Vec::new()
-            }
-        };
-        for (i, done) in batch.drain(..).enumerate() {
-            match results.get(i) {
-                Some(Completion::Applied) => after_recorded(&inner, done).await,
-                Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
-                None => {}
-            }
-            inner.in_flight.finish();
-        }
-        inner.made_room();
-    }
-}
-
-async fn after_recorded(inner: &Inner, done: Finished) {
+pub(crate) async fn after_recorded(inner: &Inner, done: Finished) {
     let Finished { claimed, outcome } = done;
     let event = &claimed.event;
     if event.reply_to().is_some() {
@@ -319,24 +275,30 @@ async fn supervise(
     sub: &LocalSub,
     claimed: &Claimed,
     fut: futures_util::future::BoxFuture<'static, AttemptResult>,
+    started: Instant,
     deadline: Option<Instant>,
 ) -> Ended {
     let mut fut = AssertUnwindSafe(fut).catch_unwind();
+    let returned = |r: Result<AttemptResult, Box<dyn Any + Send>>| match r {
+        Ok(result) => Ended::Returned(result),
+        Err(panic) => Ended::Panicked(panic_message(&*panic)),
+    };
+    // A handler that finishes in its first poll needs no timer: registering one (and removing it)
+    // is a measurable part of a quick handler's cost.
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
+        return returned(r);
+    }
     let timeout = sub.policy.timeout;
     let lease = sub.lease;
-    let mut extend_at = Instant::now() + lease / 2;
-    // One timer for both the timeout and the next lease extension: a timer per attempt is a
-    // measurable part of a no-op handler's cost.
+    let mut extend_at = started + lease / 2;
+    // One timer for both the timeout and the next lease extension.
     let wake_at = |extend_at: Instant| deadline.map_or(extend_at, |d| d.min(extend_at));
     let sleep = tokio::time::sleep_until(wake_at(extend_at));
     tokio::pin!(sleep);
     loop {
         tokio::select! {
             biased;
-            r = &mut fut => return match r {
-                Ok(result) => Ended::Returned(result),
-                Err(panic) => Ended::Panicked(panic_message(&*panic)),
-            },
+            r = &mut fut => return returned(r),
             _ = inner.hard_stop.cancelled() => return Ended::Interrupted,
             _ = &mut sleep => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -131,12 +131,48 @@ struct Ref {
     idx: u16,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Ready {
-    priority: Priority,
-    due: Reverse<Timestamp>,
-    seq: Reverse<u64>,
-    at: Ref,
+/// Due deliveries in claim order: one FIFO per priority, each kept in due-time order. Almost
+/// every push lands at the back (due now, or promoted in due order), so pushes and pops are O(1);
+/// a delivery due earlier than the back (a retry promoted after newer publishes) is inserted in
+/// place.
+#[derive(Debug, Default)]
+struct ReadyQueue {
+    levels: [VecDeque<(Timestamp, Ref)>; 11],
+    /// Bit `p` set: level `p` is not empty.
+    occupied: u16,
+}
+
+impl ReadyQueue {
+    fn push(&mut self, priority: Priority, due: Timestamp, at: Ref) {
+        let p = usize::from(priority.get().min(10));
+        let level = &mut self.levels[p];
+        match level.back() {
+            Some(&(last, _)) if last > due => {
+                let i = level.partition_point(|&(d, _)| d <= due);
+                level.insert(i, (due, at));
+            }
+            _ => level.push_back((due, at)),
+        }
+        self.occupied |= 1 << p;
+    }
+
+    fn pop(&mut self) -> Option<Ref> {
+        if self.occupied == 0 {
+            return None;
+        }
+        let p = 15 - self.occupied.leading_zeros() as usize;
+        let level = &mut self.levels[p];
+        let (_, at) = level.pop_front()?;
+        if level.is_empty() {
+            self.occupied &= !(1 << p);
+        }
+        Some(at)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Ref> + '_ {
+        self.occupied = 0;
+        self.levels.iter_mut().flat_map(|l| l.drain(..).map(|(_, at)| at))
+    }
 }
 
 #[derive(Debug)]
@@ -144,7 +180,7 @@ struct Sub {
     spec: SubscriptionSpec,
     removed: bool,
     scheduled: BinaryHeap<Reverse<(Timestamp, Ref)>>,
-    ready: BinaryHeap<Ready>,
+    ready: ReadyQueue,
     leases: BinaryHeap<Reverse<(Timestamp, Ref, u64)>>,
 }
 
@@ -239,7 +275,6 @@ struct State {
     counts: StatusCounts,
     unrouted: u64,
     next_token: u64,
-    seq: u64,
     retain_for: Duration,
     retain_max: usize,
 }
@@ -318,14 +353,8 @@ impl State {
     }
 
     fn push_ready(&mut self, at: Ref, sub: u32, priority: Priority, due: Timestamp) {
-        self.seq += 1;
         if let Some(s) = self.subs.get_mut(sub as usize) {
-            s.ready.push(Ready {
-                priority,
-                due: Reverse(due),
-                seq: Reverse(self.seq),
-                at,
-            });
+            s.ready.push(priority, due, at);
         }
     }
 
@@ -577,7 +606,7 @@ impl Store for MemoryStore {
                     spec: subscription.clone(),
                     removed: false,
                     scheduled: BinaryHeap::new(),
-                    ready: BinaryHeap::new(),
+                    ready: ReadyQueue::default(),
                     leases: BinaryHeap::new(),
                 });
                 st.sub_ids.insert(subscription.name.clone(), i);
@@ -602,7 +631,7 @@ impl Store for MemoryStore {
         let refs: Vec<Ref> = std::mem::take(&mut sub.scheduled)
             .into_iter()
             .map(|Reverse((_, at))| at)
-            .chain(std::mem::take(&mut sub.ready).into_iter().map(|r| r.at))
+            .chain(sub.ready.drain())
             .chain(
                 std::mem::take(&mut sub.leases)
                     .into_iter()
@@ -740,7 +769,7 @@ impl Store for MemoryStore {
         let mut expired = Vec::new();
         while out.len() < max {
             let Some(s) = st.subs.get_mut(sub as usize) else { break };
-            let Some(Ready { at, .. }) = s.ready.pop() else { break };
+            let Some(at) = s.ready.pop() else { break };
             // The token is the slot in its high half and a claim counter in its low half: unique
             // per claim of a delivery (fencing), and it leads `complete` straight to the slot.
             st.next_token = st.next_token.wrapping_add(1);

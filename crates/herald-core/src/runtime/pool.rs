@@ -1,0 +1,313 @@
+//! The worker pool: `workers` long-lived tasks that claim for themselves.
+//!
+//! A worker with nothing to run takes a claimed delivery from the shared queue or, when the queue
+//! is empty, claims for a subscription that has due work and free capacity: as many deliveries as
+//! there are idle workers plus itself, the first for itself and the rest queued for the idle
+//! workers, which it wakes. Outcomes are recorded by combining: a worker that finishes while no
+//! record is under way records its own outcome and every one that arrives meanwhile, in one store
+//! call (one transaction, one fsync in a durable store); the others hand theirs over and go on.
+//!
+//! There is no dispatcher and no completer task: a delivery goes from a publisher's wakeup to the
+//! worker that runs it, and from the worker to the store, without another task in between.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::subscribe::LocalSub;
+use super::worker::{self, Finished};
+use super::Inner;
+use crate::store::{Claimed, Completion};
+
+/// The most deliveries one claim asks for.
+const MAX_BATCH: usize = 64;
+
+/// A claimed delivery waiting for a worker, with the slot it holds in its subscription's limit.
+pub(crate) struct Job {
+    pub(crate) sub: Arc<LocalSub>,
+    pub(crate) claimed: Claimed,
+    pub(crate) slot: Slot,
+}
+
+/// One unit of a subscription's concurrency, held from the claim until the attempt ends.
+pub(crate) struct Slot(Arc<LocalSub>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.demand.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a subscription needs for the pool to claim for it.
+#[derive(Debug)]
+pub(crate) struct Demand {
+    /// How many of its attempts may run at once.
+    pub(crate) limit: usize,
+    /// Its deliveries claimed and not finished.
+    pub(crate) running: AtomicUsize,
+    /// Something may be due: set by wakeups, cleared by the claim that found nothing more.
+    pub(crate) due: AtomicBool,
+    /// A worker is claiming for it: one claim at a time per subscription.
+    pub(crate) claiming: AtomicBool,
+    /// Consecutive failed claims, for the backoff.
+    pub(crate) failures: AtomicU32,
+}
+
+impl Demand {
+    pub(crate) fn new(limit: usize) -> Self {
+        Demand {
+            limit: limit.max(1),
+            running: AtomicUsize::new(0),
+            due: AtomicBool::new(true),
+            claiming: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes up to `n` units of the limit; returns how many it took.
+    fn reserve(&self, n: usize) -> usize {
+        let mut current = self.running.load(Ordering::Acquire);
+        loop {
+            let take = n.min(self.limit.saturating_sub(current));
+            if take == 0 {
+                return 0;
+            }
+            match self
+                .running
+                .compare_exchange_weak(current, current + take, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return take,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.running.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The pool's shared state.
+#[derive(Default)]
+pub(crate) struct Pool {
+    queue: Mutex<VecDeque<Job>>,
+    /// Idle workers wait here.
+    idle: Notify,
+    /// How many workers wait on `idle`.
+    idle_count: AtomicUsize,
+    /// Where the next search for a subscription to claim for starts (round robin).
+    cursor: AtomicUsize,
+    outcomes: Mutex<Combining>,
+}
+
+#[derive(Default)]
+struct Combining {
+    pending: Vec<Finished>,
+    recording: bool,
+}
+
+impl Pool {
+    /// Wakes an idle worker: something may be due.
+    pub(crate) fn wake(&self) {
+        self.idle.notify_one();
+    }
+}
+
+enum Next {
+    Run(Job),
+    /// Nothing now; look again at once (a claim failed and waited, or came back empty while more
+    /// may be due).
+    Again,
+    Idle,
+}
+
+/// One worker: runs attempts until the runtime has stopped.
+pub(crate) async fn work(inner: Arc<Inner>) {
+    loop {
+        let idle = inner.pool.idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        match next(&inner).await {
+            Next::Run(job) => {
+                run(&inner, job).await;
+                continue;
+            }
+            Next::Again => continue,
+            Next::Idle => {}
+        }
+        inner.pool.idle_count.fetch_add(1, Ordering::AcqRel);
+        let stopped = tokio::select! {
+            _ = &mut idle => false,
+            _ = inner.stopped.cancelled() => true,
+        };
+        inner.pool.idle_count.fetch_sub(1, Ordering::AcqRel);
+        if stopped {
+            return;
+        }
+    }
+}
+
+async fn run(inner: &Arc<Inner>, job: Job) {
+    if let Some(finished) = worker::run(inner, job).await {
+        record(inner, finished).await;
+    }
+}
+
+/// The next delivery to run: a queued one, or the first of a new claim.
+async fn next(inner: &Arc<Inner>) -> Next {
+    if let Some(job) = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+        return Next::Run(job);
+    }
+    if inner.stop_claiming.is_cancelled() {
+        return Next::Idle;
+    }
+    let Some((sub, want)) = pick(inner) else {
+        return Next::Idle;
+    };
+    // Cleared before the claim: a wakeup that lands while it runs sets it again.
+    sub.demand.due.store(false, Ordering::SeqCst);
+    let result = inner.store.claim(&sub.name, want, sub.lease).await;
+    sub.demand.claiming.store(false, Ordering::Release);
+    let claimed = match result {
+        Ok(claimed) => {
+            sub.demand.failures.store(0, Ordering::Relaxed);
+            claimed
+        }
+        Err(e) => {
+            sub.demand.release(want);
+            let failures = sub.demand.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let wait = Duration::from_millis(50u64.saturating_mul(1 << failures.min(7)));
+            tracing::warn!(subscription = %sub.name, error = %e, ?wait, "herald: claim failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = sub.stop.cancelled() => return Next::Again,
+            }
+            sub.demand.due.store(true, Ordering::SeqCst);
+            return Next::Again;
+        }
+    };
+    if claimed.len() == want {
+        // A full batch: there may be more.
+        sub.demand.due.store(true, Ordering::SeqCst);
+    }
+    sub.demand.release(want - claimed.len());
+    let mut jobs = claimed.into_iter().map(|claimed| {
+        inner.in_flight.start();
+        Job {
+            sub: sub.clone(),
+            claimed,
+            slot: Slot(sub.clone()),
+        }
+    });
+    let Some(first) = jobs.next() else {
+        return Next::Again;
+    };
+    let mut queued = 0;
+    {
+        let mut queue = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner());
+        for job in jobs {
+            queue.push_back(job);
+            queued += 1;
+        }
+    }
+    for _ in 0..queued {
+        inner.pool.idle.notify_one();
+    }
+    if queued == 0 && inner.pool.idle_count.load(Ordering::Acquire) > 0 && any_due(inner) {
+        // Another subscription may be waiting for a claim, and a worker is free to make it.
+        inner.pool.idle.notify_one();
+    }
+    Next::Run(first)
+}
+
+/// A subscription with due work and free capacity that no one is claiming for, taken for a claim
+/// of the returned size; round robin among them.
+fn pick(inner: &Inner) -> Option<(Arc<LocalSub>, usize)> {
+    let subs = inner.subs.read().unwrap_or_else(|p| p.into_inner());
+    let n = subs.len();
+    if n == 0 {
+        return None;
+    }
+    let start = inner.pool.cursor.fetch_add(1, Ordering::Relaxed);
+    let want = (inner.pool.idle_count.load(Ordering::Acquire) + 1).min(MAX_BATCH);
+    for i in 0..n {
+        let sub = &subs[(start + i) % n];
+        let d = &sub.demand;
+        if !d.due.load(Ordering::SeqCst) || sub.paused.load(Ordering::SeqCst) || sub.stop.is_cancelled() {
+            continue;
+        }
+        if d.claiming.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        let got = d.reserve(want);
+        if got == 0 {
+            // At its limit: a finishing attempt of its own looks again.
+            d.claiming.store(false, Ordering::Release);
+            continue;
+        }
+        return Some((sub.clone(), got));
+    }
+    None
+}
+
+fn any_due(inner: &Inner) -> bool {
+    inner
+        .subs
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|s| s.demand.due.load(Ordering::Relaxed) && !s.paused.load(Ordering::Relaxed))
+}
+
+/// Records an outcome, combining: the first worker to arrive records every outcome that arrives
+/// until it is done; the others leave theirs and go on.
+async fn record(inner: &Arc<Inner>, finished: Finished) {
+    let mut batch = {
+        let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        c.pending.push(finished);
+        if c.recording {
+            return;
+        }
+        c.recording = true;
+        std::mem::take(&mut c.pending)
+    };
+    loop {
+        record_batch(inner, &mut batch).await;
+        let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        if c.pending.is_empty() {
+            c.recording = false;
+            // Hand the (empty) allocation back for the next batch.
+            c.pending = batch;
+            return;
+        }
+        std::mem::swap(&mut c.pending, &mut batch);
+    }
+}
+
+/// One store call for the whole batch, then what follows each recorded outcome. Leaves `batch`
+/// empty.
+async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
+    let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
+    let results = match inner.store.complete(outcomes).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The leases run out and the deliveries are attempted again: at-least-once.
+            tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
+            Vec::new()
+        }
+    };
+    for (i, done) in batch.drain(..).enumerate() {
+        match results.get(i) {
+            Some(Completion::Applied) => worker::after_recorded(inner, done).await,
+            Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
+            None => {}
+        }
+        inner.in_flight.finish();
+    }
+    inner.made_room();
+}
