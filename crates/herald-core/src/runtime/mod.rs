@@ -270,7 +270,7 @@ impl HeraldBuilder {
             system_events: self.system_events,
             retention: self.retention,
             subs: RwLock::new(Vec::new()),
-            replies: Mutex::new(HashMap::new()),
+            replies: Mutex::new(HashMap::default()),
             topics: RwLock::new(HashMap::new()),
             room: Notify::new(),
             room_waiters: std::sync::atomic::AtomicUsize::new(0),
@@ -319,7 +319,7 @@ pub(crate) struct Inner {
     pub(crate) system_events: bool,
     retention: Option<Duration>,
     pub(crate) subs: RwLock<Vec<Arc<LocalSub>>>,
-    pub(crate) replies: Mutex<HashMap<EventId, oneshot::Sender<Answer>>>,
+    pub(crate) replies: Mutex<HashMap<EventId, oneshot::Sender<Answer>, crate::event::IdHashState>>,
     pub(crate) topics: RwLock<HashMap<Topic, metrics::Counter>>,
     /// Signalled when deliveries finish, for publishers waiting for room.
     pub(crate) room: Notify,
