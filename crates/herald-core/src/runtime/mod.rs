@@ -1,8 +1,9 @@
 //! The runtime: publishing, dispatch to handlers, the timer, request/reply and shutdown.
 //!
-//! One [`Herald`] per process shares one [`Store`]. Each local subscription has a dispatcher that
-//! claims due deliveries up to its free capacity; each claimed delivery runs in its own task under
-//! the subscription's timeout; one timer sleeps until the earliest due time the store knows of.
+//! One [`Herald`] per process shares one [`Store`]. A pool of worker tasks claims due deliveries
+//! for the local subscriptions (each within its concurrency limit), runs them under their
+//! subscription's timeout and records the outcomes; one timer sleeps until the earliest due time
+//! the store knows of.
 
 mod pool;
 mod publish;
@@ -346,7 +347,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     /// Marks every local subscription as having due work and wakes an idle worker to claim.
-    pub(crate) fn notify_dispatchers(&self) {
+    pub(crate) fn notify_due(&self) {
         for sub in self.subs.read().unwrap_or_else(|p| p.into_inner()).iter() {
             sub.demand.due.store(true, Ordering::SeqCst);
         }

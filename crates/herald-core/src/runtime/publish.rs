@@ -230,12 +230,19 @@ impl Inner {
             events.push(event);
             counters.push(counter);
         }
+        let due_now = events.iter().any(|e| e.deliver_at() <= now);
         let span = tracing::debug_span!("herald.publish", count = events.len());
         let published = self.store.publish(events).instrument(span).await?;
+        let mut routed = false;
         for (p, c) in published.iter().zip(&counters) {
-            if matches!(p, Published::Stored { .. }) {
+            if let Published::Stored { deliveries, .. } = p {
                 c.increment(1);
+                routed |= *deliveries > 0;
             }
+        }
+        if due_now && routed {
+            // Straight to the pool rather than through the store's wakeup and the timer.
+            self.notify_due();
         }
         Ok(published)
     }

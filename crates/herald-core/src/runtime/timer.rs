@@ -30,14 +30,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             w = wakeups.next() => match w {
                 Some(Wakeup::Due(t)) => {
                     if t <= inner.clock.now() {
-                        inner.notify_dispatchers();
+                        inner.notify_due();
                     } else if next.is_none_or(|n| t < n) {
                         next = Some(t);
                     }
                 }
                 Some(Wakeup::Answered(id)) => answer_from_store(&inner, id).await,
                 Some(Wakeup::Lagged) => {
-                    inner.notify_dispatchers();
+                    inner.notify_due();
                     next = ask_store(&inner).await;
                 }
                 None => {
@@ -46,11 +46,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 }
             },
             _ = inner.timer_refresh.notified() => {
-                inner.notify_dispatchers();
+                inner.notify_due();
                 next = ask_store(&inner).await;
             }
             _ = tokio::time::sleep_until(fire_at) => {
-                inner.notify_dispatchers();
+                inner.notify_due();
                 if Instant::now() >= recheck_at {
                     recheck_at = Instant::now() + SAFETY_RECHECK;
                 }
