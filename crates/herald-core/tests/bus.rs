@@ -8,7 +8,7 @@ use std::time::Duration;
 use herald_core::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Order {
@@ -871,4 +871,53 @@ async fn try_variants_of_message_and_batch_publishes_fail_when_full() {
         .await
         .unwrap_err();
     assert!(matches!(err, PublishError::Full { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_at_its_limit_leaves_the_other_workers_to_the_rest() {
+    // Two workers; `slow` may run one attempt at a time and each takes 10 s. `fast` must not wait
+    // behind it: the pool claims for whichever subscription has due work and room.
+    let herald = Herald::builder().system_events(false).workers(2).build().await.unwrap();
+    let started = Instant::now();
+    let slow_running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (slow_running.clone(), peak.clone());
+    herald
+        .subscribe("slow", "work.slow")
+        .concurrency(1)
+        .handle(move |_: u32, _ctx: Context| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let mut fast = recorder::<u32>(&herald, "fast", "work.fast").await;
+    herald
+        .publish_batch((0..3).map(|i| Message::json("work.slow", &i)))
+        .await
+        .unwrap();
+    herald
+        .publish_batch((0..10).map(|i| Message::json("work.fast", &i)))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        next(&mut fast).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the fast subscription finished while the first slow attempt was still running ({:?})",
+        started.elapsed()
+    );
+    let id = herald.publish("work.slow", &99).await.unwrap();
+    settle(&herald, id).await;
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "slow never ran two at once");
+    assert!(
+        started.elapsed() >= Duration::from_secs(40),
+        "four slow attempts, one at a time"
+    );
 }
