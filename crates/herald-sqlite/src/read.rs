@@ -81,7 +81,8 @@ fn deliveries(
     now: Timestamp,
 ) -> rusqlite::Result<Vec<DeliveryRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, sub, status, attempts, due, last_error, reply FROM deliveries WHERE event = ?1 ORDER BY sub",
+        "SELECT id, sub, status, attempts, due, last_error, reply, started_at FROM deliveries WHERE event = ?1
+          ORDER BY sub",
     )?;
     let mut rows = stmt.query([seq])?;
     let mut out = Vec::new();
@@ -100,6 +101,14 @@ fn deliveries(
         d.reply = r.get::<_, Option<Vec<u8>>>(6)?.map(bytes::Bytes::from);
         if with_attempts {
             d.attempts = attempts(conn, r.get_ref(0)?.as_blob()?)?;
+            // The running attempt is kept in its delivery until it ends.
+            let running: Option<i64> = r.get(7)?;
+            if let (status::ACTIVE, Some(started)) = (r.get::<_, i64>(2)?, running) {
+                if d.attempts.last().is_none_or(|a| a.number < d.attempt_count) {
+                    d.attempts
+                        .push(Attempt::started(d.attempt_count, Timestamp::from_millis(started)));
+                }
+            }
         }
         out.push(d);
     }

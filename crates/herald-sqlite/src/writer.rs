@@ -166,6 +166,7 @@ impl Writer {
                     subs,
                     routes: HashMap::new(),
                     recent: Recent::new(),
+                    claim_sql: State::claim_sql(),
                     done: done_tx,
                     busy: writer_busy,
                 };
@@ -264,6 +265,8 @@ struct State {
     subs: Vec<SubscriptionRow>,
     routes: HashMap<Topic, Arc<[i64]>>,
     recent: Recent,
+    /// The claim statement (see [`State::claim_sql`]), built once.
+    claim_sql: String,
     /// Where committed groups go to be synced and answered, in commit order.
     done: Sender<Done>,
     /// Set from when the writer takes a group until it hands over the group's last part: the sync
@@ -581,16 +584,32 @@ impl State {
         let mut ended: Vec<(i64, i64)> = Vec::new();
         for sql in [
             "UPDATE deliveries SET claimed_from = status, status = 3
-              WHERE sub = ?1 AND status IN (5, 6, 7) RETURNING event, claimed_from",
+              WHERE sub = ?1 AND status IN (5, 6, 7) RETURNING event, claimed_from, id, attempts, started_at",
             "UPDATE deliveries SET claimed_from = status, status = 3
-              WHERE sub = ?1 AND status = 8 RETURNING event, claimed_from",
+              WHERE sub = ?1 AND status = 8 RETURNING event, claimed_from, id, attempts, started_at",
         ] {
             let rows = self
                 .conn
                 .prepare_cached(sql)?
-                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
-            ended.extend(rows);
+                .query_map([id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, codec::delivery_id(r, 2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<rusqlite::Result<Vec<(i64, i64, DeliveryId, u32, Option<i64>)>>>()?;
+            for (event, from, delivery, number, started) in rows {
+                if from == status::ACTIVE {
+                    // The running attempt stays in the history, unfinished.
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO attempts (delivery, number, started_at) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute((
+                            &delivery.as_uuid().as_bytes()[..],
+                            number,
+                            started.unwrap_or(now.as_millis()),
+                        ))?;
+                }
+                ended.push((event, from));
+            }
         }
         for &(_, from) in &ended {
             counts.shift(from, status::CANCELLED);
@@ -640,8 +659,8 @@ impl State {
         for chunk in chunks(events) {
             let sql = values_sql(
                 "INSERT OR IGNORE INTO events (id, topic, payload, content_type, source, headers, priority,
-                     published_at, deliver_at, expires_at, key, reply_to, status, finished_at) VALUES ",
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     published_at, deliver_at, expires_at, key, reply_to, status, finished_at, open) VALUES ",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 chunk.len(),
                 " RETURNING seq, id",
             );
@@ -664,7 +683,8 @@ impl State {
                 stmt.raw_bind_parameter(p + 12, event.reply_to())?;
                 stmt.raw_bind_parameter(p + 13, if unrouted { status::UNROUTED } else { status::OPEN })?;
                 stmt.raw_bind_parameter(p + 14, unrouted.then_some(now.as_millis()))?;
-                p += 14;
+                stmt.raw_bind_parameter(p + 15, routes.len() as i64)?;
+                p += 15;
             }
             let mut rows = stmt.raw_query();
             while let Some(r) = rows.next()? {
@@ -776,7 +796,8 @@ impl State {
         );
         format!(
             "UPDATE deliveries
-                SET claimed_from = status, status = 8, attempts = attempts + 1, token = token + 1, lease_until = ?4
+                SET claimed_from = status, status = 8, attempts = attempts + 1, token = token + 1, lease_until = ?4,
+                    started_at = ?5
               WHERE id IN (SELECT id FROM ({}) ORDER BY priority DESC, due LIMIT ?3)
               RETURNING id, event, claimed_from, attempts, token, due, priority",
             legs.join(" UNION ALL ")
@@ -796,37 +817,38 @@ impl State {
             return Ok(Vec::new());
         }
         self.expire_claimable(sub, now, counts)?;
+        // When the attempts whose lease ran out started: a claim that takes their deliveries
+        // records them as lost (the claim overwrites the start with its own).
+        let lost: HashMap<DeliveryId, Option<i64>> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, started_at FROM deliveries WHERE sub = ?1 AND status = 8 AND lease_until <= ?2",
+            )?
+            .query_map((sub, now.as_millis()), |r| Ok((codec::delivery_id(r, 0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let rows: Vec<(DeliveryId, i64, i64, u32, u64, Timestamp, u8)> = self
             .conn
-            .prepare_cached(&Self::claim_sql())?
-            .query_map((sub, now.as_millis(), max, lease_until.as_millis()), |r| {
-                Ok((
-                    codec::delivery_id(r, 0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get::<_, i64>(4)?.unsigned_abs(),
-                    codec::ts(r, 5)?,
-                    r.get(6)?,
-                ))
-            })?
+            .prepare_cached(&self.claim_sql)?
+            .query_map(
+                (sub, now.as_millis(), max, lease_until.as_millis(), now.as_millis()),
+                |r| {
+                    Ok((
+                        codec::delivery_id(r, 0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, i64>(4)?.unsigned_abs(),
+                        codec::ts(r, 5)?,
+                        r.get(6)?,
+                    ))
+                },
+            )?
             .collect::<rusqlite::Result<_>>()?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        // The new attempts, and the claimed deliveries' events, one statement each.
-        let ids: Array = Rc::new(
-            rows.iter()
-                .map(|r| Value::Blob(r.0.as_uuid().as_bytes().to_vec()))
-                .collect(),
-        );
-        self.conn
-            .prepare_cached(
-                "INSERT INTO attempts (delivery, number, started_at)
-                 SELECT id, attempts, ?2 FROM deliveries WHERE id IN rarray(?1)",
-            )?
-            .execute((ids, now.as_millis()))?;
+        // The claimed deliveries' events, from the recent ones or in one statement.
         let mut events: HashMap<i64, Event> = HashMap::with_capacity(rows.len());
         for r in &rows {
             if let Some(e) = self.recent.get(r.1) {
@@ -853,7 +875,8 @@ impl State {
         for (delivery, event_seq, from, attempt, token, due, priority) in rows {
             counts.shift(from, status::ACTIVE);
             if from == status::ACTIVE {
-                self.close_lost_attempt(delivery, attempt - 1, now)?;
+                let started = lost.get(&delivery).copied().flatten();
+                self.close_lost_attempt(delivery, attempt - 1, started, now)?;
             }
             // One delivery per event and subscription: each event is claimed once here.
             let event = events.remove(&event_seq).ok_or(rusqlite::Error::QueryReturnedNoRows)?;
@@ -874,38 +897,46 @@ impl State {
 
     /// Ends as expired the claimable deliveries of `sub` whose event expired: a claim skips them.
     fn expire_claimable(&mut self, sub: i64, now: Timestamp, counts: &mut Counts) -> rusqlite::Result<()> {
-        let rows: Vec<(DeliveryId, i64, i64, u32)> = self
+        let rows: Vec<(DeliveryId, i64, i64, u32, Option<i64>)> = self
             .conn
             .prepare_cached(
                 "UPDATE deliveries SET claimed_from = status, status = 2
                   WHERE sub = ?1 AND expires_at IS NOT NULL AND status IN (5, 6, 7, 8) AND expires_at <= ?2
                     AND ((status IN (5, 6, 7) AND due <= ?2) OR (status = 8 AND lease_until <= ?2))
-                  RETURNING id, event, claimed_from, attempts",
+                  RETURNING id, event, claimed_from, attempts, started_at",
             )?
             .query_map((sub, now.as_millis()), |r| {
-                Ok((codec::delivery_id(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((codec::delivery_id(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        for (delivery, event, from, attempts) in rows {
+        for (delivery, event, from, attempts, started) in rows {
             counts.shift(from, status::EXPIRED);
             if from == status::ACTIVE {
-                self.close_lost_attempt(delivery, attempts, now)?;
+                self.close_lost_attempt(delivery, attempts, started, now)?;
             }
             self.refresh_event(event, now)?;
         }
         Ok(())
     }
 
-    /// Records that attempt `number` of `delivery` ended when its lease ran out, at `now`.
-    fn close_lost_attempt(&self, delivery: DeliveryId, number: u32, now: Timestamp) -> rusqlite::Result<()> {
+    /// Records that attempt `number` of `delivery`, started at `started` (if known), ended when its
+    /// lease ran out, at `now`.
+    fn close_lost_attempt(
+        &self,
+        delivery: DeliveryId,
+        number: u32,
+        started: Option<i64>,
+        now: Timestamp,
+    ) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5
-                  WHERE delivery = ?1 AND number = ?2 AND finished_at IS NULL",
+                "INSERT OR REPLACE INTO attempts (delivery, number, started_at, finished_at, outcome, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(rusqlite::params![
                 delivery.as_uuid().as_bytes(),
                 number,
+                started.unwrap_or(now.as_millis()),
                 now.as_millis(),
                 outcome::LEASE_EXPIRED,
                 LEASE_RAN_OUT
@@ -913,39 +944,61 @@ impl State {
         Ok(())
     }
 
-    /// After a delivery of the event `seq` finished or reopened: the event is open while any
-    /// delivery is; once all are finished, its status is their roll-up and `finished_at` says when.
+    /// After deliveries of the event `seq` finished or reopened other than by an outcome (cancel,
+    /// requeue, expiry, a removed subscription): its roll-up read again from its deliveries. The
+    /// event is open while any delivery is; once all are finished, its status is their roll-up and
+    /// `finished_at` says when.
     fn refresh_event(&self, seq: i64, now: Timestamp) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE events SET (status, finished_at) = (
-                    SELECT CASE WHEN m <= 4 THEN m ELSE 9 END, CASE WHEN m <= 4 THEN COALESCE(finished_at, ?2) END
-                      FROM (SELECT COALESCE(MAX(status), 0) AS m FROM deliveries WHERE event = ?1))
+                "UPDATE events SET (status, finished_at, open, worst) = (
+                    SELECT CASE WHEN m <= 4 THEN m ELSE 9 END, CASE WHEN m <= 4 THEN COALESCE(finished_at, ?2) END, o, w
+                      FROM (SELECT COALESCE(MAX(status), 0) AS m, COALESCE(SUM(status >= 5), 0) AS o,
+                                   COALESCE(MAX(CASE WHEN status <= 4 THEN status END), 0) AS w
+                              FROM deliveries WHERE event = ?1))
                   WHERE seq = ?1",
             )?
             .execute((seq, now.as_millis()))?;
         Ok(())
     }
 
-    /// [`refresh_event`](Self::refresh_event) for many events, in one statement.
-    fn refresh_events(&self, mut seqs: Vec<i64>, now: Timestamp) -> rusqlite::Result<()> {
-        match seqs.len() {
-            0 => return Ok(()),
-            1 => return self.refresh_event(seqs[0], now),
-            _ => {}
+    /// Rolls up the events of deliveries that finished by an outcome, without reading their other
+    /// deliveries: `ended` holds each finished delivery's event and status code. An event whose
+    /// open count reaches 0 finishes with the highest code of its finished deliveries.
+    fn roll_up(&self, mut ended: Vec<(i64, i64)>, now: Timestamp) -> rusqlite::Result<()> {
+        ended.sort_unstable();
+        // One row per event: how many of its deliveries finished, and their highest code.
+        let mut per_event: Vec<(i64, i64, i64)> = Vec::with_capacity(ended.len());
+        for (seq, code) in ended {
+            match per_event.last_mut() {
+                Some(last) if last.0 == seq => {
+                    last.1 += 1;
+                    last.2 = last.2.max(code);
+                }
+                _ => per_event.push((seq, 1, code)),
+            }
         }
-        seqs.sort_unstable();
-        seqs.dedup();
-        let seqs: Array = Rc::new(seqs.into_iter().map(Value::Integer).collect());
-        self.conn
-            .prepare_cached(
-                "UPDATE events SET (status, finished_at) = (
-                    SELECT CASE WHEN COALESCE(MAX(d.status), 0) <= 4 THEN COALESCE(MAX(d.status), 0) ELSE 9 END,
-                           CASE WHEN COALESCE(MAX(d.status), 0) <= 4 THEN COALESCE(events.finished_at, ?2) END
-                      FROM deliveries d WHERE d.event = events.seq)
-                  WHERE seq IN rarray(?1)",
-            )?
-            .execute((seqs, now.as_millis()))?;
+        for chunk in chunks(&per_event) {
+            let sql = values_sql(
+                "WITH o(seq, n, code) AS (VALUES ",
+                "(?, ?, ?)",
+                chunk.len(),
+                ") UPDATE events SET open = open - o.n, worst = MAX(worst, o.code),
+                     status = CASE WHEN open > o.n THEN status ELSE MAX(worst, o.code) END,
+                     finished_at = CASE WHEN open > o.n THEN finished_at ELSE COALESCE(finished_at, ?) END
+                   FROM o WHERE events.seq = o.seq",
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let mut i = 0;
+            for &(seq, n, code) in chunk {
+                stmt.raw_bind_parameter(i + 1, seq)?;
+                stmt.raw_bind_parameter(i + 2, n)?;
+                stmt.raw_bind_parameter(i + 3, code)?;
+                i += 3;
+            }
+            stmt.raw_bind_parameter(i + 1, now.as_millis())?;
+            stmt.raw_execute()?;
+        }
         Ok(())
     }
 
@@ -979,7 +1032,7 @@ impl State {
         let mut leased: HashMap<DeliveryId, Leased> = HashMap::with_capacity(outcomes.len());
         {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT d.id, d.token, d.event, d.attempts, d.due, e.id, e.reply_to IS NOT NULL
+                "SELECT d.id, d.token, d.event, d.attempts, d.due, e.id, e.reply_to IS NOT NULL, d.started_at
                    FROM deliveries d JOIN events e ON e.seq = d.event
                   WHERE d.id IN rarray(?1) AND d.status = 8",
             )?;
@@ -994,14 +1047,15 @@ impl State {
                         due: codec::ts(r, 4)?,
                         event_id: codec::event_id(r, 5)?,
                         is_request: r.get(6)?,
+                        started_at: r.get(7)?,
                     },
                 );
             }
         }
         let mut out = Vec::with_capacity(outcomes.len());
         let mut finished: Vec<Finish<'_>> = Vec::with_capacity(outcomes.len());
-        let mut released: Vec<(DeliveryId, u32)> = Vec::new();
-        let mut ended_events: Vec<i64> = Vec::new();
+        let mut released: Vec<DeliveryId> = Vec::new();
+        let mut ended_events: Vec<(i64, i64)> = Vec::new();
         for o in outcomes {
             let token = i64::try_from(o.lease.token).unwrap_or(-1);
             // Taken out once applied: a second outcome for the same lease is stale.
@@ -1016,6 +1070,7 @@ impl State {
             let mut f = Finish {
                 id: o.lease.delivery,
                 attempt: l.attempt,
+                started_at: l.started_at.unwrap_or(now.as_millis()),
                 finished_at: o.finished_at,
                 outcome: outcome::SUCCEEDED,
                 error: None,
@@ -1046,7 +1101,7 @@ impl State {
                     }
                 }
                 Verdict::Released => {
-                    released.push((o.lease.delivery, l.attempt));
+                    released.push(o.lease.delivery);
                     fx.wakeups.push(Wakeup::Due(l.due));
                     counts.shift(status::ACTIVE, status::PENDING);
                     out.push(Completion::Applied);
@@ -1061,7 +1116,7 @@ impl State {
             }
             counts.shift(status::ACTIVE, f.to);
             if f.to <= status::DEAD {
-                ended_events.push(l.event);
+                ended_events.push((l.event, f.to));
             }
             finished.push(f);
             out.push(Completion::Applied);
@@ -1070,37 +1125,37 @@ impl State {
             self.finish_attempts(chunk)?;
             self.finish_deliveries(chunk)?;
         }
-        for (id, attempt) in released {
-            let id = *id.as_uuid().as_bytes();
+        // A released attempt is not recorded: it never had a row, and its number is given back.
+        for id in released {
             self.conn
-                .prepare_cached("DELETE FROM attempts WHERE delivery = ?1 AND number = ?2")?
-                .execute((&id[..], attempt))?;
-            self.conn
-                .prepare_cached("UPDATE deliveries SET status = 6, attempts = attempts - 1 WHERE id = ?1")?
-                .execute([&id[..]])?;
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 6, attempts = attempts - 1, started_at = NULL WHERE id = ?1",
+                )?
+                .execute([&id.as_uuid().as_bytes()[..]])?;
         }
-        self.refresh_events(ended_events, now)?;
+        self.roll_up(ended_events, now)?;
         Ok(out)
     }
 
-    /// Records how the attempts of `chunk` ended, in one statement.
+    /// Records the attempts of `chunk`, ended, in one statement (an attempt's row is written once,
+    /// when it ends).
     fn finish_attempts(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
         let sql = values_sql(
-            "WITH o(id, n, f, code, err) AS (VALUES ",
-            "(?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO attempts (delivery, number, started_at, finished_at, outcome, error) VALUES ",
+            "(?, ?, ?, ?, ?, ?)",
             chunk.len(),
-            ") UPDATE attempts SET finished_at = o.f, outcome = o.code, error = o.err
-               FROM o WHERE attempts.delivery = o.id AND attempts.number = o.n",
+            "",
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut i = 0;
         for f in chunk {
             stmt.raw_bind_parameter(i + 1, &f.id.as_uuid().as_bytes()[..])?;
             stmt.raw_bind_parameter(i + 2, f.attempt)?;
-            stmt.raw_bind_parameter(i + 3, f.finished_at.as_millis())?;
-            stmt.raw_bind_parameter(i + 4, f.outcome)?;
-            stmt.raw_bind_parameter(i + 5, f.error)?;
-            i += 5;
+            stmt.raw_bind_parameter(i + 3, f.started_at)?;
+            stmt.raw_bind_parameter(i + 4, f.finished_at.as_millis())?;
+            stmt.raw_bind_parameter(i + 5, f.outcome)?;
+            stmt.raw_bind_parameter(i + 6, f.error)?;
+            i += 6;
         }
         stmt.raw_execute()?;
         Ok(())
@@ -1323,12 +1378,15 @@ struct Leased {
     due: Timestamp,
     event_id: EventId,
     is_request: bool,
+    /// When the running attempt started (unknown only in a damaged file).
+    started_at: Option<i64>,
 }
 
 /// How one attempt ended and where its delivery goes.
 struct Finish<'a> {
     id: DeliveryId,
     attempt: u32,
+    started_at: i64,
     finished_at: Timestamp,
     outcome: i64,
     error: Option<&'a str>,
