@@ -129,6 +129,10 @@ enum Next {
 /// One worker: runs attempts until the runtime has stopped.
 pub(crate) async fn work(inner: Arc<Inner>) {
     loop {
+        // With the memory store nothing below has to wait while work is due, so without this a
+        // worker would keep its thread and starve the timer and the publishers (seen as 100 ms
+        // lateness spikes): it yields once tokio's cooperative budget is spent.
+        tokio::task::consume_budget().await;
         let idle = inner.pool.idle.notified();
         tokio::pin!(idle);
         idle.as_mut().enable();
