@@ -27,13 +27,13 @@ const MAX_BATCH: usize = 64;
 
 /// A claimed delivery waiting for a worker, with the slot it holds in its subscription's limit.
 pub(crate) struct Job {
-    pub(crate) sub: Arc<LocalSub>,
     pub(crate) claimed: Claimed,
     pub(crate) slot: Slot,
 }
 
-/// One unit of a subscription's concurrency, held from the claim until the attempt ends.
-pub(crate) struct Slot(Arc<LocalSub>);
+/// One unit of a subscription's concurrency, held from the claim until the attempt ends; it also
+/// names the subscription.
+pub(crate) struct Slot(pub(crate) Arc<LocalSub>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -203,7 +203,6 @@ async fn next(inner: &Arc<Inner>) -> Next {
     let mut jobs = claimed.into_iter().map(|claimed| {
         inner.in_flight.start();
         Job {
-            sub: sub.clone(),
             claimed,
             slot: Slot(sub.clone()),
         }

@@ -82,7 +82,7 @@ impl InFlight {
 pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     let span = tracing::info_span!(
         "herald.attempt",
-        subscription = %job.sub.name,
+        subscription = %job.slot.0.name,
         topic = %job.claimed.event.topic(),
         event_id = %job.claimed.event.id(),
         attempt = job.claimed.attempt,
@@ -95,7 +95,8 @@ pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
 }
 
 async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
-    let Job { sub, claimed, slot } = job;
+    let Job { claimed, slot } = job;
+    let sub = slot.0.clone();
     // One clock read for the start: the tokio instant gives the timestamp too.
     let started = Instant::now();
     let started_at = inner.clock.reading_at(started);
