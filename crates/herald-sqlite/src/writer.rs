@@ -166,7 +166,6 @@ impl Writer {
                     subs,
                     routes: HashMap::new(),
                     recent: Recent::new(),
-                    claim_sql: State::claim_sql(),
                     done: done_tx,
                     busy: writer_busy,
                 };
@@ -265,8 +264,6 @@ struct State {
     subs: Vec<SubscriptionRow>,
     routes: HashMap<Topic, Arc<[i64]>>,
     recent: Recent,
-    /// The claim statement (see [`State::claim_sql`]), built once.
-    claim_sql: String,
     /// Where committed groups go to be synced and answered, in commit order.
     done: Sender<Done>,
     /// Set from when the writer takes a group until it hands over the group's last part: the sync
@@ -584,7 +581,7 @@ impl State {
         let mut ended: Vec<(i64, i64)> = Vec::new();
         for sql in [
             "UPDATE deliveries SET claimed_from = status, status = 3
-              WHERE sub = ?1 AND status IN (5, 6, 7) RETURNING event, claimed_from, id, attempts, started_at",
+              WHERE sub = ?1 AND status BETWEEN 5 AND 7 RETURNING event, claimed_from, id, attempts, started_at",
             "UPDATE deliveries SET claimed_from = status, status = 3
               WHERE sub = ?1 AND status = 8 RETURNING event, claimed_from, id, attempts, started_at",
         ] {
@@ -747,7 +744,7 @@ impl State {
         }
         for chunk in chunks(&deliveries) {
             let sql = values_sql(
-                "INSERT INTO deliveries (id, event, sub, status, priority, due, expires_at) VALUES ",
+                "INSERT OR FAIL INTO deliveries (id, event, sub, status, priority, due, expires_at) VALUES ",
                 "(?, ?, ?, ?, ?, ?, ?)",
                 chunk.len(),
                 "",
@@ -774,34 +771,56 @@ impl State {
     // -----------------------------------------------------------------------------------------
     // Claim, extend, complete
 
-    /// The claim statement for `max` deliveries: one index range per priority (highest first),
-    /// each up to `max` rows due by now, and the leases that ran out; the best `max` of them are
-    /// leased in the same statement.
-    fn claim_sql() -> String {
-        let mut legs: Vec<String> = (0..=10u8)
-            .rev()
-            .map(|p| {
-                format!(
-                    "SELECT * FROM (SELECT id, priority, due FROM deliveries
-                       WHERE sub = ?1 AND status IN (5, 6, 7) AND priority = {p} AND due <= ?2
-                         AND (expires_at IS NULL OR expires_at > ?2)
-                       ORDER BY due LIMIT ?3)"
-                )
+    /// Reads the deliveries of `sub` a claim of `max` may take, best first: the leases that ran
+    /// out, then one index range per priority, highest first, each up to what is still missing,
+    /// stopping once `max` are found (most claims read one range). Then each is leased by its
+    /// key. Selecting and updating apart, inside the writer's transaction, leaves SQLite nothing
+    /// to sort or to hold in temporary tables, as a single `UPDATE .. WHERE id IN (SELECT ..)
+    /// RETURNING ..` had to.
+    fn claim_candidates(&self, sub: i64, max: usize, now: Timestamp) -> rusqlite::Result<Vec<Candidate>> {
+        let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Candidate> {
+            Ok(Candidate {
+                id: codec::delivery_id(r, 0)?,
+                event: r.get(1)?,
+                from: r.get(2)?,
+                attempts: r.get(3)?,
+                token: r.get(4)?,
+                due: codec::ts(r, 5)?,
+                priority: r.get(6)?,
+                started_at: r.get(7)?,
             })
-            .collect();
-        legs.push(
-            "SELECT id, priority, due FROM deliveries
-               WHERE sub = ?1 AND status = 8 AND lease_until <= ?2 AND (expires_at IS NULL OR expires_at > ?2)"
-                .to_owned(),
-        );
-        format!(
-            "UPDATE deliveries
-                SET claimed_from = status, status = 8, attempts = attempts + 1, token = token + 1, lease_until = ?4,
-                    started_at = ?5
-              WHERE id IN (SELECT id FROM ({}) ORDER BY priority DESC, due LIMIT ?3)
-              RETURNING id, event, claimed_from, attempts, token, due, priority",
-            legs.join(" UNION ALL ")
-        )
+        };
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut found: Vec<Candidate> = self
+            .conn
+            .prepare_cached(CLAIM_LEASED)?
+            .query_map((sub, now.as_millis(), limit), read)?
+            .collect::<rusqlite::Result<_>>()?;
+        let lost = found.len();
+        let mut leg = self.conn.prepare_cached(CLAIM_WAITING)?;
+        for priority in (0..=10u8).rev() {
+            let missing = max - (found.len() - lost);
+            if missing == 0 {
+                break;
+            }
+            let rows = leg.query_map(
+                (
+                    sub,
+                    now.as_millis(),
+                    i64::try_from(missing).unwrap_or(i64::MAX),
+                    priority,
+                ),
+                read,
+            )?;
+            for r in rows {
+                found.push(r?);
+            }
+        }
+        if lost > 0 {
+            found.sort_by_key(|c| (std::cmp::Reverse(c.priority), c.due));
+            found.truncate(max);
+        }
+        Ok(found)
     }
 
     fn claim(
@@ -817,48 +836,36 @@ impl State {
             return Ok(Vec::new());
         }
         self.expire_claimable(sub, now, counts)?;
-        // When the attempts whose lease ran out started: a claim that takes their deliveries
-        // records them as lost (the claim overwrites the start with its own).
-        let lost: HashMap<DeliveryId, Option<i64>> = self
-            .conn
-            .prepare_cached(
-                "SELECT id, started_at FROM deliveries WHERE sub = ?1 AND status = 8 AND lease_until <= ?2",
-            )?
-            .query_map((sub, now.as_millis()), |r| Ok((codec::delivery_id(r, 0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows: Vec<(DeliveryId, i64, i64, u32, u64, Timestamp, u8)> = self
-            .conn
-            .prepare_cached(&self.claim_sql)?
-            .query_map(
-                (sub, now.as_millis(), max, lease_until.as_millis(), now.as_millis()),
-                |r| {
-                    Ok((
-                        codec::delivery_id(r, 0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get::<_, i64>(4)?.unsigned_abs(),
-                        codec::ts(r, 5)?,
-                        r.get(6)?,
-                    ))
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = self.claim_candidates(sub, max, now)?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        let mut lease = self.conn.prepare_cached(
+            "UPDATE OR FAIL deliveries
+                SET claimed_from = status, status = 8, attempts = ?2, token = ?3, lease_until = ?4, started_at = ?5
+              WHERE id = ?1",
+        )?;
+        for c in &rows {
+            lease.execute((
+                &c.id.as_uuid().as_bytes()[..],
+                c.attempts + 1,
+                c.token + 1,
+                lease_until.as_millis(),
+                now.as_millis(),
+            ))?;
+        }
+        drop(lease);
         // The claimed deliveries' events, from the recent ones or in one statement.
         let mut events: HashMap<i64, Event> = HashMap::with_capacity(rows.len());
         for r in &rows {
-            if let Some(e) = self.recent.get(r.1) {
-                events.insert(r.1, e.clone());
+            if let Some(e) = self.recent.get(r.event) {
+                events.insert(r.event, e.clone());
             }
         }
         let missing: Vec<Value> = rows
             .iter()
-            .filter(|r| !events.contains_key(&r.1))
-            .map(|r| Value::Integer(r.1))
+            .filter(|r| !events.contains_key(&r.event))
+            .map(|r| Value::Integer(r.event))
             .collect();
         if !missing.is_empty() {
             let seqs: Array = Rc::new(missing);
@@ -871,28 +878,26 @@ impl State {
             }
         }
         let mut out = Vec::with_capacity(rows.len());
-        let mut order = Vec::with_capacity(rows.len());
-        for (delivery, event_seq, from, attempt, token, due, priority) in rows {
-            counts.shift(from, status::ACTIVE);
-            if from == status::ACTIVE {
-                let started = lost.get(&delivery).copied().flatten();
-                self.close_lost_attempt(delivery, attempt - 1, started, now)?;
+        for c in rows {
+            counts.shift(c.from, status::ACTIVE);
+            if c.from == status::ACTIVE {
+                self.close_lost_attempt(c.id, c.attempts, c.started_at, now)?;
             }
             // One delivery per event and subscription: each event is claimed once here.
-            let event = events.remove(&event_seq).ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-            order.push((std::cmp::Reverse(priority), due));
+            let event = events.remove(&c.event).ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             out.push(Claimed::new(
-                Lease { delivery, token },
+                Lease {
+                    delivery: c.id,
+                    token: (c.token + 1).unsigned_abs(),
+                },
                 lease_until,
                 name.clone(),
                 event,
-                attempt,
-                due,
+                c.attempts + 1,
+                c.due,
             ));
         }
-        let mut paired: Vec<_> = order.into_iter().zip(out).collect();
-        paired.sort_by_key(|(k, _)| *k);
-        Ok(paired.into_iter().map(|(_, c)| c).collect())
+        Ok(out)
     }
 
     /// Ends as expired the claimable deliveries of `sub` whose event expired: a claim skips them.
@@ -901,8 +906,8 @@ impl State {
             .conn
             .prepare_cached(
                 "UPDATE deliveries SET claimed_from = status, status = 2
-                  WHERE sub = ?1 AND expires_at IS NOT NULL AND status IN (5, 6, 7, 8) AND expires_at <= ?2
-                    AND ((status IN (5, 6, 7) AND due <= ?2) OR (status = 8 AND lease_until <= ?2))
+                  WHERE sub = ?1 AND expires_at IS NOT NULL AND status >= 5 AND expires_at <= ?2
+                    AND ((status BETWEEN 5 AND 7 AND due <= ?2) OR (status = 8 AND lease_until <= ?2))
                   RETURNING id, event, claimed_from, attempts, started_at",
             )?
             .query_map((sub, now.as_millis()), |r| {
@@ -983,7 +988,7 @@ impl State {
                 "WITH o(seq, n, code) AS (VALUES ",
                 "(?, ?, ?)",
                 chunk.len(),
-                ") UPDATE events SET open = open - o.n, worst = MAX(worst, o.code),
+                ") UPDATE OR FAIL events SET open = open - o.n, worst = MAX(worst, o.code),
                      status = CASE WHEN open > o.n THEN status ELSE MAX(worst, o.code) END,
                      finished_at = CASE WHEN open > o.n THEN finished_at ELSE COALESCE(finished_at, ?) END
                    FROM o WHERE events.seq = o.seq",
@@ -1141,10 +1146,11 @@ impl State {
     /// when it ends).
     fn finish_attempts(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
         let sql = values_sql(
-            "INSERT OR REPLACE INTO attempts (delivery, number, started_at, finished_at, outcome, error) VALUES ",
+            "INSERT OR FAIL INTO attempts (delivery, number, started_at, finished_at, outcome, error) VALUES ",
             "(?, ?, ?, ?, ?, ?)",
             chunk.len(),
-            "",
+            " ON CONFLICT (delivery, number) DO UPDATE SET started_at = excluded.started_at,
+                 finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error",
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut i = 0;
@@ -1161,27 +1167,23 @@ impl State {
         Ok(())
     }
 
-    /// Moves the deliveries of `chunk` to their new status, in one statement.
+    /// Moves the deliveries of `chunk` to their new status, one keyed update each: a multi-row
+    /// `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table.
     fn finish_deliveries(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
-        let sql = values_sql(
-            "WITH o(id, st, due, err, reply) AS (VALUES ",
-            "(?, ?, ?, ?, ?)",
-            chunk.len(),
-            ") UPDATE deliveries SET status = o.st, due = COALESCE(o.due, deliveries.due),
-                 last_error = COALESCE(o.err, deliveries.last_error), reply = COALESCE(o.reply, deliveries.reply)
-               FROM o WHERE deliveries.id = o.id",
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut i = 0;
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE OR FAIL deliveries SET status = ?2, due = COALESCE(?3, due), last_error = COALESCE(?4, last_error),
+                 reply = COALESCE(?5, reply)
+              WHERE id = ?1",
+        )?;
         for f in chunk {
-            stmt.raw_bind_parameter(i + 1, &f.id.as_uuid().as_bytes()[..])?;
-            stmt.raw_bind_parameter(i + 2, f.to)?;
-            stmt.raw_bind_parameter(i + 3, f.due.map(Timestamp::as_millis))?;
-            stmt.raw_bind_parameter(i + 4, f.error)?;
-            stmt.raw_bind_parameter(i + 5, f.reply)?;
-            i += 5;
+            stmt.execute((
+                &f.id.as_uuid().as_bytes()[..],
+                f.to,
+                f.due.map(Timestamp::as_millis),
+                f.error,
+                f.reply,
+            ))?;
         }
-        stmt.raw_execute()?;
         Ok(())
     }
 
@@ -1203,7 +1205,7 @@ impl State {
             .conn
             .prepare_cached(
                 "UPDATE deliveries SET claimed_from = status, status = ?2
-                  WHERE event = ?1 AND status IN (5, 6, 7) RETURNING claimed_from",
+                  WHERE event = ?1 AND status BETWEEN 5 AND 7 RETURNING claimed_from",
             )?
             .query_map((seq, to), |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -1278,6 +1280,32 @@ impl State {
         }
         Ok(doomed.len() as u64)
     }
+}
+
+/// The leases of `?1` that ran out by `?2` (up to `?3`): their deliveries are claimed again.
+const CLAIM_LEASED: &str = "SELECT id, event, status, attempts, token, due, priority, started_at FROM deliveries
+     WHERE sub = ?1 AND status = 8 AND lease_until <= ?2 AND (expires_at IS NULL OR expires_at > ?2)
+     ORDER BY lease_until LIMIT ?3";
+
+/// The deliveries of `?1` at priority `?4` waiting and due by `?2`, oldest due first, up to `?3`.
+const CLAIM_WAITING: &str = "SELECT id, event, status, attempts, token, due, priority, started_at FROM deliveries
+     WHERE sub = ?1 AND status BETWEEN 5 AND 7 AND priority = ?4 AND due <= ?2
+       AND (expires_at IS NULL OR expires_at > ?2)
+     ORDER BY due LIMIT ?3";
+
+/// A delivery a claim may take, as read before it is leased.
+struct Candidate {
+    id: DeliveryId,
+    event: i64,
+    /// Its status before the claim.
+    from: i64,
+    /// Attempts made before this claim.
+    attempts: u32,
+    token: i64,
+    due: Timestamp,
+    priority: u8,
+    /// When the attempt whose lease ran out started, for a delivery claimed again.
+    started_at: Option<i64>,
 }
 
 /// A delivery a publish stores.
@@ -1424,9 +1452,7 @@ fn values_sql(head: &str, row: &str, n: usize, tail: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) fn claim_sql_for_tests() -> String {
-    State::claim_sql()
-}
+pub(crate) const CLAIM_SQL_FOR_TESTS: [&str; 2] = [CLAIM_LEASED, CLAIM_WAITING];
 
 /// A copy of a store error for each caller of a failed group (the source chain is flattened into
 /// the message, since it cannot be cloned).

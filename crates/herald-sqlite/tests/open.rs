@@ -99,7 +99,7 @@ fn a_file_from_a_newer_herald_is_refused() {
             err,
             OpenError::NewerSchema {
                 found: 99,
-                known: 3,
+                known: CURRENT,
                 ..
             }
         ),
@@ -107,7 +107,7 @@ fn a_file_from_a_newer_herald_is_refused() {
     );
     assert!(
         err.to_string()
-            .contains("was written by a newer herald (schema v99, this build knows v3): upgrade herald"),
+            .contains("was written by a newer herald (schema v99, this build knows v4): upgrade herald"),
         "{err}"
     );
     assert!(matches!(StoreError::from(err), StoreError::Corrupt(_)));
@@ -289,6 +289,9 @@ fn old_file(path: &std::path::Path, version: u32) -> rusqlite::Connection {
     conn
 }
 
+/// The schema version this build writes.
+const CURRENT: u32 = 4;
+
 fn user_version(path: &std::path::Path) -> u32 {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
@@ -312,7 +315,7 @@ fn a_file_of_schema_v1_is_migrated() {
         assert_eq!(store.claim(&sub, 10, Duration::from_secs(30)).await.unwrap().len(), 1);
         assert_eq!(store.remove_subscription(&sub).await.unwrap(), 1);
     });
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), CURRENT);
 }
 
 /// A file as version 2 left it: a running attempt has its row (unfinished), and an event's
@@ -427,5 +430,5 @@ fn a_file_of_schema_v2_is_migrated_with_its_data() {
             (3, 3, 1)
         );
     });
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), CURRENT);
 }
