@@ -183,7 +183,13 @@ fn event_status_sql(s: EventStatus) -> String {
         EventStatus::Scheduled | EventStatus::Pending | EventStatus::Active | EventStatus::Retrying => status::OPEN,
         other => codec::event_status_code(other),
     };
-    format!("e.status = {code}")
+    // The status indexes hold finished events only, and the planner uses a partial index when
+    // the query names its condition.
+    if code == status::OPEN {
+        format!("e.status = {code}")
+    } else {
+        format!("e.status = {code} AND e.status < {}", status::OPEN)
+    }
 }
 
 /// The SQL condition for a delivery in the status an event status names, over deliveries `d`.
