@@ -321,7 +321,7 @@ mod plans {
             ("SELECT seq, status FROM events WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2", "INDEX events_finished"),
             // The statements of a group's outcomes and claims seek each row by its key.
             ("UPDATE deliveries SET status = ?2 WHERE id = ?1", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
-            ("WITH o(seq, n, code) AS (VALUES (?, ?, ?), (?, ?, ?)) UPDATE events SET open = open - o.n FROM o WHERE events.seq = o.seq", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
+            ("UPDATE events SET open = open - ?2 WHERE seq = ?1", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
             ("SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event WHERE d.id IN rarray(?1) AND d.status = 8", "SEARCH d USING PRIMARY KEY (id=?)"),
         ] {
             let p = plan(&conn, sql);

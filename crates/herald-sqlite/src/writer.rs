@@ -983,26 +983,16 @@ impl State {
                 _ => per_event.push((seq, 1, code)),
             }
         }
-        for chunk in chunks(&per_event) {
-            let sql = values_sql(
-                "WITH o(seq, n, code) AS (VALUES ",
-                "(?, ?, ?)",
-                chunk.len(),
-                ") UPDATE OR FAIL events SET open = open - o.n, worst = MAX(worst, o.code),
-                     status = CASE WHEN open > o.n THEN status ELSE MAX(worst, o.code) END,
-                     finished_at = CASE WHEN open > o.n THEN finished_at ELSE COALESCE(finished_at, ?) END
-                   FROM o WHERE events.seq = o.seq",
-            );
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            let mut i = 0;
-            for &(seq, n, code) in chunk {
-                stmt.raw_bind_parameter(i + 1, seq)?;
-                stmt.raw_bind_parameter(i + 2, n)?;
-                stmt.raw_bind_parameter(i + 3, code)?;
-                i += 3;
-            }
-            stmt.raw_bind_parameter(i + 1, now.as_millis())?;
-            stmt.raw_execute()?;
+        // One keyed update per event: `UPDATE .. FROM (VALUES ..)` copies its rows into a
+        // temporary b-tree first, and a run of outcomes rarely fills a chunk.
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE OR FAIL events SET open = open - ?2, worst = MAX(worst, ?3),
+                 status = CASE WHEN open > ?2 THEN status ELSE MAX(worst, ?3) END,
+                 finished_at = CASE WHEN open > ?2 THEN finished_at ELSE COALESCE(finished_at, ?4) END
+               WHERE seq = ?1",
+        )?;
+        for (seq, n, code) in per_event {
+            stmt.execute((seq, n, code, now.as_millis()))?;
         }
         Ok(())
     }
@@ -1128,8 +1118,8 @@ impl State {
         }
         for chunk in chunks(&finished) {
             self.finish_attempts(chunk)?;
-            self.finish_deliveries(chunk)?;
         }
+        self.finish_deliveries(&finished)?;
         // A released attempt is not recorded: it never had a row, and its number is given back.
         for id in released {
             self.conn
@@ -1167,15 +1157,15 @@ impl State {
         Ok(())
     }
 
-    /// Moves the deliveries of `chunk` to their new status, one keyed update each: a multi-row
+    /// Moves the deliveries of `finished` to their new status, one keyed update each: a multi-row
     /// `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table.
-    fn finish_deliveries(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
+    fn finish_deliveries(&self, finished: &[Finish<'_>]) -> rusqlite::Result<()> {
         let mut stmt = self.conn.prepare_cached(
             "UPDATE OR FAIL deliveries SET status = ?2, due = COALESCE(?3, due), last_error = COALESCE(?4, last_error),
                  reply = COALESCE(?5, reply)
               WHERE id = ?1",
         )?;
-        for f in chunk {
+        for f in finished {
             stmt.execute((
                 &f.id.as_uuid().as_bytes()[..],
                 f.to,
@@ -1424,8 +1414,9 @@ struct Finish<'a> {
 }
 
 /// The row counts multi-row statements are prepared for: a run of rows goes in chunks of these
-/// sizes, largest first, so that a few prepared shapes serve every length.
-const CHUNKS: [usize; 3] = [32, 8, 1];
+/// sizes, largest first, so that a few prepared shapes serve every length (powers of two: a run
+/// of up to 63 rows takes at most six statements).
+const CHUNKS: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
 /// Splits `rows` into chunks of the sizes in [`CHUNKS`].
 fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
