@@ -650,7 +650,11 @@ impl State {
     ) -> rusqlite::Result<Vec<Published>> {
         let routes: Vec<Arc<[i64]>> = events.iter().map(|e| self.route(e.topic())).collect();
         // The events, a chunk of rows per statement. A row whose id or key is taken is skipped
-        // (`OR IGNORE`), so only the stored ones come back.
+        // (`OR IGNORE`). SQLite numbers the rows a statement stores one after the other, each
+        // `seq` one more than the largest so far, so the `n` rows stored end at the last insert
+        // rowid: when the whole chunk was stored, its seqs follow its order; otherwise the stored
+        // ones are read back by that range. (`RETURNING` would copy every row through a
+        // temporary b-tree.)
         let mut stored: HashMap<EventId, i64> = HashMap::with_capacity(events.len());
         let mut at = 0;
         for chunk in chunks(events) {
@@ -659,7 +663,7 @@ impl State {
                      published_at, deliver_at, expires_at, key, reply_to, status, finished_at, open) VALUES ",
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 chunk.len(),
-                " RETURNING seq, id",
+                "",
             );
             let mut stmt = self.conn.prepare_cached(&sql)?;
             let mut p = 0;
@@ -683,9 +687,21 @@ impl State {
                 stmt.raw_bind_parameter(p + 15, routes.len() as i64)?;
                 p += 15;
             }
-            let mut rows = stmt.raw_query();
-            while let Some(r) = rows.next()? {
-                stored.insert(codec::event_id(r, 1)?, r.get(0)?);
+            let n = stmt.raw_execute()?;
+            drop(stmt);
+            let last = self.conn.last_insert_rowid();
+            if n == chunk.len() {
+                for (seq, event) in (last + 1 - n as i64..).zip(chunk) {
+                    stored.insert(event.id(), seq);
+                }
+            } else if n > 0 {
+                let mut read = self
+                    .conn
+                    .prepare_cached("SELECT seq, id FROM events WHERE seq BETWEEN ?1 AND ?2")?;
+                let mut rows = read.query((last + 1 - n as i64, last))?;
+                while let Some(r) = rows.next()? {
+                    stored.insert(codec::event_id(r, 1)?, r.get(0)?);
+                }
             }
             at += chunk.len();
         }
