@@ -422,53 +422,23 @@ fn a_killed_node_s_deliveries_are_finished_by_the_others() {
     rt.block_on(settled(&a, EVENTS));
     drop(nodes);
 
-    let (started, finished, per_node) = handlings(&s, &names);
+    let (started, _, per_node) = handlings(&s, &names);
     println!("handled per node: {per_node:?}; {} done before the kill", done.len());
+    for id in &ids {
+        assert!(
+            done.contains_key(id) || rest.contains_key(id),
+            "event {id} was never handled"
+        );
+    }
     let sub = SubscriptionName::new("work").unwrap();
     let in_flight = rt.block_on(async {
         // A node prints `done` before its outcome is recorded: wait for the store to agree.
         settled(&a, EVENTS).await;
-        let mut in_flight = BTreeSet::new();
-        for id in &ids {
-            assert!(
-                done.contains_key(id) || rest.contains_key(id),
-                "event {id} was never handled"
-            );
-            let rec = a.get(*id).await.unwrap().expect("every published event is stored");
-            let d = rec.deliveries.iter().find(|d| d.subscription == sub).unwrap();
-            assert_eq!(d.status, DeliveryStatus::Succeeded, "{id}: {d:?}");
-            let lost: Vec<_> = d
-                .attempts
-                .iter()
-                .filter(|a| a.outcome == Some(AttemptOutcome::LeaseExpired))
-                .collect();
-            let runs = finished.get(id).copied().unwrap_or(0);
-            if lost.is_empty() {
-                assert_eq!(
-                    started.get(id),
-                    Some(&1),
-                    "event {id} was acknowledged, yet started again"
-                );
-                assert_eq!(d.attempt_count, 1, "{d:?}");
-            } else {
-                in_flight.insert(*id);
-                assert_eq!(lost.len(), 1, "one attempt per event was in flight at the kill: {d:?}");
-                assert_eq!(d.attempt_count, 2, "{d:?}");
-                assert!(runs <= 2, "event {id} in flight at the kill finished {runs} times");
-                let (first, second) = (&d.attempts[0], &d.attempts[1]);
-                assert!(
-                    second.started_at >= first.started_at + LEASE,
-                    "another node took it only once the lease ran out: {d:?}"
-                );
-            }
-        }
+        let in_flight =
+            herald_testkit::crash::check_at_least_once(&**a.store(), &sub, ids.iter().copied(), &started, LEASE).await;
         a.shutdown(Duration::from_secs(5)).await;
         in_flight
     });
-    assert!(
-        !in_flight.is_empty(),
-        "the kill came mid-run, so some attempts were in flight and were taken over"
-    );
     println!("{} deliveries taken over after the kill", in_flight.len());
 }
 

@@ -28,6 +28,7 @@ mod fixture;
 mod harness;
 
 pub mod cases;
+pub mod crash;
 
 /// Runs every conformance case against the stores a factory makes.
 ///
