@@ -108,7 +108,7 @@ impl Statements {
                  c AS (SELECT d.id, d.status, d.priority, d.due FROM {{s}}.deliveries d
                         WHERE d.sub = (SELECT id FROM s) AND d.status = 8 AND d.lease_until <= $2::int8
                           AND (d.expires_at IS NULL OR d.expires_at > $2::int8)
-                        ORDER BY d.lease_until LIMIT $3
+                        ORDER BY d.priority DESC, d.due LIMIT $3
                           FOR UPDATE SKIP LOCKED),
                  x AS (SELECT d.id, d.status, d.event, d.attempts FROM {{s}}.deliveries d
                         WHERE d.sub = (SELECT id FROM s) AND d.expires_at IS NOT NULL

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{
-    AttemptOutcome, Context, DeliveryStatus, EventFilter, EventId, EventStatus, HandlerError, Herald, Message,
-    PageRequest, Pattern, Store, SubscriptionName, SubscriptionSpec, Timestamp,
+    Context, EventFilter, EventId, EventStatus, HandlerError, Herald, Message, PageRequest, Pattern, Store,
+    SubscriptionName, SubscriptionSpec, Timestamp,
 };
 use herald_postgres::PostgresStore;
 use support::{drop_schema, fresh_schema, quantile, url, Children, Line};

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use herald_core::{AttemptOutcome, Context, DeliveryStatus, EventId, HandlerError, Herald, SubscriptionName};
+use herald_core::{Context, EventId, HandlerError, Herald, SubscriptionName};
 use herald_redis::RedisStore;
 
 const URL: &str = "redis://127.0.0.1:6379";

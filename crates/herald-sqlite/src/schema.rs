@@ -294,17 +294,18 @@ mod plans {
         rusqlite::vtab::array::load_module(&conn).unwrap();
         migrate(&mut conn).unwrap();
         let [leased, waiting] = crate::writer::CLAIM_SQL_FOR_TESTS;
-        for (sql, index) in [
-            (leased, "USING INDEX deliveries_leased (sub=? AND lease_until<?)"),
-            (
-                waiting,
-                "USING INDEX deliveries_waiting (sub=? AND priority=? AND due<?)",
-            ),
-        ] {
-            let p = plan(&conn, sql);
-            assert!(p.contains(index), "{sql}\n{p}");
-            assert!(!p.contains("TEMP B-TREE"), "{sql}\n{p}");
-        }
+        // The leases that ran out are few: they are sorted by priority once found.
+        let p = plan(&conn, leased);
+        assert!(
+            p.contains("USING INDEX deliveries_leased (sub=? AND lease_until<?)"),
+            "{p}"
+        );
+        let p = plan(&conn, waiting);
+        assert!(
+            p.contains("USING INDEX deliveries_waiting (sub=? AND priority=? AND due<?)"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{waiting}\n{p}");
         for (sql, index) in [
             ("SELECT due FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due > ?2 ORDER BY due LIMIT 1", "COVERING INDEX deliveries_later (sub=? AND due>?)"),
             ("SELECT lease_until FROM deliveries WHERE sub = ?1 AND status = 8 AND lease_until > ?2 ORDER BY lease_until LIMIT 1", "COVERING INDEX deliveries_leased (sub=? AND lease_until>?)"),

@@ -1288,10 +1288,11 @@ impl State {
     }
 }
 
-/// The leases of `?1` that ran out by `?2` (up to `?3`): their deliveries are claimed again.
+/// The leases of `?1` that ran out by `?2`, the best `?3` by priority then due time: their
+/// deliveries are claimed again. (Few at a time: sorting them costs nothing.)
 const CLAIM_LEASED: &str = "SELECT id, event, status, attempts, token, due, priority, started_at FROM deliveries
      WHERE sub = ?1 AND status = 8 AND lease_until <= ?2 AND (expires_at IS NULL OR expires_at > ?2)
-     ORDER BY lease_until LIMIT ?3";
+     ORDER BY priority DESC, due LIMIT ?3";
 
 /// The deliveries of `?1` at priority `?4` waiting and due by `?2`, oldest due first, up to `?3`.
 const CLAIM_WAITING: &str = "SELECT id, event, status, attempts, token, due, priority, started_at FROM deliveries

@@ -23,8 +23,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use herald_core::{
-    AttemptOutcome, Context, DeliveryStatus, Event, EventId, EventParts, HandlerError, Herald, Pattern, Store,
-    SubscriptionName, SubscriptionSpec, Topic,
+    Context, Event, EventId, EventParts, HandlerError, Herald, Pattern, Store, SubscriptionName, SubscriptionSpec,
+    Topic,
 };
 use herald_sqlite::SqliteStore;
 

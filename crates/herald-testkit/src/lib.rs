@@ -108,6 +108,7 @@ macro_rules! __for_each_case {
             scheduled_delivery_waits_for_its_due_time,
             next_due_reports_the_earliest_time_after,
             leased_delivery_is_claimable_again_once_the_lease_runs_out,
+            leases_that_ran_out_go_back_in_line_by_priority,
             next_due_skips_leases_that_already_ran_out,
             extend_keeps_a_delivery_leased,
             extend_refuses_a_lost_lease,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald_core::{AttemptOutcome, DeliveryId, DeliveryStatus, Lease, Store, StoreError};
+use herald_core::{AttemptOutcome, DeliveryId, DeliveryStatus, EventParts, Lease, Priority, Store, StoreError};
 
 use crate::fixture::{
     advance, assert_nothing_claimable, claim_one, declare, delivery, event, publish, record, settle, succeeded,
@@ -91,6 +91,42 @@ pub async fn leased_delivery_is_claimable_again_once_the_lease_runs_out<S: Store
         "attempt 2 is running"
     );
     settle(store, second.lease, succeeded()).await
+}
+
+/// Deliveries whose lease ran out go back in line by the same rule as every due delivery:
+/// priority first, then due time, whether their lease ran out or they were never claimed, even
+/// when more leases ran out than one claim takes.
+pub async fn leases_that_ran_out_go_back_in_line_by_priority<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
+    let sub = declare(store, "work", "job.*").await?;
+    let with = |mut e: EventParts, p: Priority| {
+        e.priority = p;
+        e
+    };
+    let low = publish(store, with(event(store, "job.a"), Priority::LOW)).await?;
+    let high = publish(store, with(event(store, "job.b"), Priority::HIGH)).await?;
+    let normal = publish(store, event(store, "job.c")).await?;
+    let lost = store.claim(&sub, 3, Duration::from_secs(10)).await?;
+    assert_eq!(lost.len(), 3, "the three deliveries are leased: {lost:?}");
+    advance(Duration::from_millis(5)).await;
+    let fresh = publish(store, event(store, "job.d")).await?;
+    advance(Duration::from_secs(10)).await;
+
+    let first = store.claim(&sub, 2, Duration::from_secs(10)).await?;
+    let got: Vec<_> = first.iter().map(|c| c.event.id()).collect();
+    assert_eq!(
+        got,
+        vec![high, normal],
+        "of the three lost leases and the fresh delivery, the high one goes first, then the normal one due earliest"
+    );
+    let second = store.claim(&sub, 2, Duration::from_secs(10)).await?;
+    let got: Vec<_> = second.iter().map(|c| c.event.id()).collect();
+    assert_eq!(
+        got,
+        vec![fresh, low],
+        "then the fresh normal delivery before the low one whose lease ran out"
+    );
+    assert_eq!(second[1].attempt, 2, "the low delivery's lost attempt counts");
+    Ok(())
 }
 
 /// `next_due` skips a lease that ran out at or before `after` and reports the next one.
