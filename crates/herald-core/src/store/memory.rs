@@ -198,16 +198,74 @@ struct Rec {
     finished_at: Option<Timestamp>,
 }
 
+/// A delivery: 64 bytes, inline in its event's record.
+///
+/// Its attempt history lives in `Detail::history`, except for the common case of a first
+/// attempt that is running or succeeded: while `history` is empty (or there is no `Detail`), that
+/// attempt is `started_at` and, once it succeeded, `until`. A claim then allocates nothing, and
+/// the history is written out the first time anything else happens to the delivery.
 #[derive(Debug)]
 struct D {
     id: DeliveryId,
-    sub: u32,
-    status: DeliveryStatus,
-    attempts: u32,
     due: Timestamp,
-    token: u64,
-    lease_until: Timestamp,
+    /// While active: when the lease runs out. Succeeded with its one attempt inline: when that
+    /// attempt ended.
+    until: Timestamp,
+    /// When the one inline attempt started (see above).
+    started_at: Timestamp,
     detail: Option<Box<Detail>>,
+    sub: u32,
+    attempts: u32,
+    /// The low half of the lease token of the current claim; the high half is the slot, which the
+    /// delivery's place in the slab already says.
+    token: u32,
+    status: DeliveryStatus,
+}
+
+impl D {
+    /// Whether the lease with this token holds the delivery.
+    fn leased_by(&self, token: u64) -> bool {
+        self.status == DeliveryStatus::Active && u64::from(self.token) == token & 0xffff_ffff
+    }
+
+    /// Whether the history is the inline attempt (if any) rather than `Detail::history`.
+    fn history_inline(&self) -> bool {
+        self.detail.as_ref().is_none_or(|x| x.history.is_empty())
+    }
+
+    /// The inline attempt, when the history is inline and an attempt started.
+    fn inline_attempt(&self) -> Option<Attempt> {
+        if !self.history_inline() || self.attempts == 0 {
+            return None;
+        }
+        let mut a = Attempt::started(self.attempts, self.started_at);
+        if self.status == DeliveryStatus::Succeeded {
+            a.finished_at = Some(self.until);
+            a.outcome = Some(AttemptOutcome::Succeeded);
+        }
+        Some(a)
+    }
+
+    /// The detail, made if there is none yet.
+    fn detail_mut(&mut self) -> &mut Detail {
+        self.detail.get_or_insert_with(Default::default)
+    }
+
+    /// The history, written out of the inline attempt first if need be.
+    fn history_mut(&mut self) -> &mut Vec<Attempt> {
+        let inline = self.inline_attempt();
+        let history = &mut self.detail_mut().history;
+        history.extend(inline);
+        history
+    }
+
+    /// A copy of the history.
+    fn history(&self) -> Vec<Attempt> {
+        match &self.detail {
+            Some(x) if !x.history.is_empty() => x.history.clone(),
+            _ => self.inline_attempt().into_iter().collect(),
+        }
+    }
 }
 
 /// An event's deliveries. Almost every event has one, kept inline: a separate allocation per event
@@ -521,7 +579,7 @@ impl State {
             let d = &mut rec.deliveries[i];
             set_status(counts, d, DeliveryStatus::Pending);
             let due = d.due;
-            if let Some(last) = d.detail.as_mut().and_then(|x| x.history.last_mut()) {
+            if let Some(last) = d.history_mut().last_mut() {
                 last.finished_at = Some(now);
                 last.outcome = Some(AttemptOutcome::LeaseExpired);
                 last.error = Some("the lease ran out before an outcome was recorded".into());
@@ -535,7 +593,7 @@ impl State {
     fn holds_lease(&self, at: Ref, token: u64, until: Timestamp) -> bool {
         self.rec(at)
             .and_then(|rec| rec.deliveries.get(usize::from(at.idx)))
-            .is_some_and(|d| d.status == DeliveryStatus::Active && d.token == token && d.lease_until == until)
+            .is_some_and(|d| d.leased_by(token) && d.until == until)
     }
 
     /// Whether the scheduled entry `(due, at)` still names a delivery waiting for that time.
@@ -650,14 +708,90 @@ impl State {
                 if let Some(detail) = &d.detail {
                     r.last_error = detail.last_error.clone();
                     r.reply = detail.reply.clone();
-                    if with_attempts {
-                        r.attempts = detail.history.clone();
-                    }
+                }
+                if with_attempts {
+                    r.attempts = d.history();
                 }
                 r
             })
             .collect();
         Some(EventRecord::new(rec.event.clone(), deliveries))
+    }
+
+    /// Records one outcome; returns whether it was applied and what to announce.
+    fn apply(&mut self, o: Outcome, now: Timestamp) -> (Completion, Option<Wakeup>) {
+        let Some(at) = self.find_leased(&o.lease) else {
+            return (Completion::Stale, None);
+        };
+        let counts = &mut self.counts;
+        let Some((rec, i)) = delivery_mut(&mut self.slots, at) else {
+            return (Completion::Stale, None);
+        };
+        let answered = rec.event.reply_to().is_some().then(|| rec.event.id());
+        let priority = rec.event.priority();
+        let d = &mut rec.deliveries[i];
+        if !d.leased_by(o.lease.token) {
+            return (Completion::Stale, None);
+        }
+        let sub = d.sub;
+        enum Next {
+            Finished,
+            Scheduled(Timestamp),
+            Ready(Timestamp),
+        }
+        let (next, wakeup) = match o.verdict {
+            Verdict::Succeeded { reply } => {
+                if d.history_inline() {
+                    // The attempt stays inline: its end goes where the lease's was (see `D`).
+                    d.until = o.finished_at;
+                } else if let Some(a) = d.history_mut().last_mut() {
+                    a.finished_at = Some(o.finished_at);
+                    a.outcome = Some(AttemptOutcome::Succeeded);
+                }
+                if reply.is_some() {
+                    d.detail_mut().reply = reply;
+                }
+                set_status(counts, d, DeliveryStatus::Succeeded);
+                (Next::Finished, answered.map(Wakeup::Answered))
+            }
+            Verdict::Retry { at: due, error } => {
+                if let Some(a) = d.history_mut().last_mut() {
+                    a.finished_at = Some(o.finished_at);
+                    a.outcome = Some(AttemptOutcome::Failed);
+                    a.error = Some(error.clone());
+                }
+                d.detail_mut().last_error = Some(error);
+                d.due = due;
+                set_status(counts, d, DeliveryStatus::Retrying);
+                (Next::Scheduled(due), Some(Wakeup::Due(due)))
+            }
+            Verdict::Dead { reason } => {
+                if let Some(a) = d.history_mut().last_mut() {
+                    a.finished_at = Some(o.finished_at);
+                    a.outcome = Some(AttemptOutcome::Dead);
+                    a.error = Some(reason.clone());
+                }
+                d.detail_mut().last_error = Some(reason);
+                set_status(counts, d, DeliveryStatus::Dead);
+                (Next::Finished, answered.map(Wakeup::Answered))
+            }
+            Verdict::Released => {
+                d.history_mut().pop();
+                d.attempts = d.attempts.saturating_sub(1);
+                set_status(counts, d, DeliveryStatus::Pending);
+                (Next::Ready(d.due), Some(Wakeup::Due(d.due)))
+            }
+        };
+        match next {
+            Next::Finished => self.close_one(at, now),
+            Next::Scheduled(due) => {
+                if let Some(s) = self.subs.get_mut(sub as usize) {
+                    s.scheduled.push(Reverse((due, at)));
+                }
+            }
+            Next::Ready(due) => self.push_ready(at, sub, priority, due),
+        }
+        (Completion::Applied, wakeup)
     }
 
     fn alloc(&mut self, rec: Rec) -> (u32, u32) {
@@ -787,7 +921,8 @@ impl Store for MemoryStore {
                     attempts: 0,
                     due,
                     token: 0,
-                    lease_until: Timestamp::EPOCH,
+                    until: Timestamp::EPOCH,
+                    started_at: Timestamp::EPOCH,
                     detail: None,
                 })
                 .collect();
@@ -878,13 +1013,16 @@ impl Store for MemoryStore {
             }
             let d = &mut rec.deliveries[i];
             set_status(counts, d, DeliveryStatus::Active);
-            d.attempts += 1;
-            d.token = token;
-            d.lease_until = lease_until;
-            d.detail
-                .get_or_insert_with(Default::default)
-                .history
-                .push(Attempt::started(d.attempts, now));
+            let attempt = d.attempts + 1;
+            if attempt == 1 && d.history_inline() {
+                // The common case: no allocation (see `D`).
+                d.started_at = now;
+            } else {
+                d.history_mut().push(Attempt::started(attempt, now));
+            }
+            d.attempts = attempt;
+            d.token = token as u32;
+            d.until = lease_until;
             out.push(Claimed::new(
                 Lease { delivery: d.id, token },
                 lease_until,
@@ -920,8 +1058,8 @@ impl Store for MemoryStore {
                 Some(at) => {
                     let sub = delivery_mut(&mut st.slots, at).and_then(|(rec, i)| {
                         let d = &mut rec.deliveries[i];
-                        (d.status == DeliveryStatus::Active && d.token == l.token).then(|| {
-                            d.lease_until = until;
+                        d.leased_by(l.token).then(|| {
+                            d.until = until;
                             d.sub
                         })
                     });
@@ -944,82 +1082,9 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(outcomes.len());
         let mut wakeups = Vec::new();
         for o in outcomes {
-            let Some(at) = st.find_leased(&o.lease) else {
-                out.push(Completion::Stale);
-                continue;
-            };
-            let counts = &mut st.counts;
-            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
-                out.push(Completion::Stale);
-                continue;
-            };
-            let answered = rec.event.reply_to().is_some().then(|| rec.event.id());
-            let priority = rec.event.priority();
-            let d = &mut rec.deliveries[i];
-            if d.status != DeliveryStatus::Active || d.token != o.lease.token {
-                out.push(Completion::Stale);
-                continue;
-            }
-            let sub = d.sub;
-            let detail = d.detail.get_or_insert_with(Default::default);
-            let attempt = detail.history.last_mut();
-            enum Next {
-                Finished,
-                Scheduled(Timestamp),
-                Ready(Timestamp),
-            }
-            let next = match o.verdict {
-                Verdict::Succeeded { reply } => {
-                    if let Some(a) = attempt {
-                        a.finished_at = Some(o.finished_at);
-                        a.outcome = Some(AttemptOutcome::Succeeded);
-                    }
-                    detail.reply = reply;
-                    set_status(counts, d, DeliveryStatus::Succeeded);
-                    wakeups.extend(answered.map(Wakeup::Answered));
-                    Next::Finished
-                }
-                Verdict::Retry { at: due, error } => {
-                    if let Some(a) = attempt {
-                        a.finished_at = Some(o.finished_at);
-                        a.outcome = Some(AttemptOutcome::Failed);
-                        a.error = Some(error.clone());
-                    }
-                    detail.last_error = Some(error);
-                    d.due = due;
-                    set_status(counts, d, DeliveryStatus::Retrying);
-                    wakeups.push(Wakeup::Due(due));
-                    Next::Scheduled(due)
-                }
-                Verdict::Dead { reason } => {
-                    if let Some(a) = attempt {
-                        a.finished_at = Some(o.finished_at);
-                        a.outcome = Some(AttemptOutcome::Dead);
-                        a.error = Some(reason.clone());
-                    }
-                    detail.last_error = Some(reason);
-                    set_status(counts, d, DeliveryStatus::Dead);
-                    wakeups.extend(answered.map(Wakeup::Answered));
-                    Next::Finished
-                }
-                Verdict::Released => {
-                    detail.history.pop();
-                    d.attempts = d.attempts.saturating_sub(1);
-                    set_status(counts, d, DeliveryStatus::Pending);
-                    wakeups.push(Wakeup::Due(d.due));
-                    Next::Ready(d.due)
-                }
-            };
-            match next {
-                Next::Finished => st.close_one(at, now),
-                Next::Scheduled(due) => {
-                    if let Some(s) = st.subs.get_mut(sub as usize) {
-                        s.scheduled.push(Reverse((due, at)));
-                    }
-                }
-                Next::Ready(due) => st.push_ready(at, sub, priority, due),
-            }
-            out.push(Completion::Applied);
+            let (done, wakeup) = st.apply(o, now);
+            out.push(done);
+            wakeups.extend(wakeup);
         }
         let evicted = self.settle(st, now);
         drop(guard);
