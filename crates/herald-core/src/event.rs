@@ -368,13 +368,22 @@ impl EventParts {
 impl Event {
     /// Builds an event from its parts.
     pub fn from_parts(p: EventParts) -> Self {
-        let extra = Extra {
-            content_type: p.content_type.filter(|c| c != JSON),
-            source: p.source,
-            key: p.key,
-            reply_to: p.reply_to,
-            headers: p.headers,
-        };
+        let content_type = p.content_type.filter(|c| c != JSON);
+        // Most events have none of these: no `Extra` to build, compare and drop then.
+        let plain = content_type.is_none()
+            && p.source.is_none()
+            && p.key.is_none()
+            && p.reply_to.is_none()
+            && p.headers.is_empty();
+        let extra = (!plain).then(|| {
+            Arc::new(Extra {
+                content_type,
+                source: p.source,
+                key: p.key,
+                reply_to: p.reply_to,
+                headers: p.headers,
+            })
+        });
         Event(Arc::new(EventData {
             id: p.id,
             topic: p.topic,
@@ -383,7 +392,7 @@ impl Event {
             deliver_at: p.deliver_at,
             expires_at: p.expires_at.unwrap_or(Timestamp::MAX),
             priority: p.priority,
-            extra: (extra != Extra::default()).then(|| Arc::new(extra)),
+            extra,
         }))
     }
 

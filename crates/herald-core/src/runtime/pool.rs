@@ -292,20 +292,34 @@ async fn record(inner: &Arc<Inner>, finished: Finished) {
     }
 }
 
+/// What the store said of a batch of outcomes.
+enum Results {
+    One(Completion),
+    Many(Vec<Completion>),
+}
+
 /// One store call for the whole batch, then what follows each recorded outcome. Leaves `batch`
 /// empty.
 async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
-    let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
-    let results = match inner.store.complete(outcomes).await {
-        Ok(r) => r,
-        Err(e) => {
-            // The leases run out and the deliveries are attempted again: at-least-once.
-            tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
-            Vec::new()
+    // One outcome (the usual case unless the store is slow) goes without the batch's vectors.
+    let results = match batch.as_slice() {
+        [one] => inner.store.complete_one(one.outcome.clone()).await.map(Results::One),
+        _ => {
+            let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
+            inner.store.complete(outcomes).await.map(Results::Many)
         }
     };
+    let results = results.unwrap_or_else(|e| {
+        // The leases run out and the deliveries are attempted again: at-least-once.
+        tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
+        Results::Many(Vec::new())
+    });
     for (i, done) in batch.drain(..).enumerate() {
-        match results.get(i) {
+        let result = match &results {
+            Results::One(r) => (i == 0).then_some(r),
+            Results::Many(rs) => rs.get(i),
+        };
+        match result {
             Some(Completion::Applied) => worker::after_recorded(inner, done).await,
             Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
             None => {}

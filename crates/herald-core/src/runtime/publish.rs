@@ -45,7 +45,7 @@ enum When {
 #[derive(Clone, Debug)]
 #[must_use = "a message does nothing until it is published"]
 pub struct Message {
-    topic: String,
+    topic: MessageTopic,
     payload: Result<Bytes, String>,
     content_type: Option<String>,
     priority: Priority,
@@ -58,19 +58,49 @@ pub struct Message {
     pub(crate) reply_to: Option<String>,
 }
 
+/// A message's topic: as given, or already interned by the runtime that publishes it.
+#[derive(Clone)]
+enum MessageTopic {
+    Name(String),
+    Interned(Topic, metrics::Counter),
+}
+
+impl MessageTopic {
+    fn as_str(&self) -> &str {
+        match self {
+            MessageTopic::Name(name) => name,
+            MessageTopic::Interned(topic, _) => topic.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MessageTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl Message {
     /// A message whose payload is `payload` encoded as JSON.
     pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, payload: &T) -> Self {
+        Self::json_to(MessageTopic::Name(topic.into()), payload)
+    }
+
+    fn json_to<T: Serialize + ?Sized>(topic: MessageTopic, payload: &T) -> Self {
         let payload = encode_json(payload).map_err(|e| e.to_string());
-        Self::with_payload(topic.into(), payload, None)
+        Self::with_payload(topic, payload, None)
     }
 
     /// A message with raw payload bytes of the given media type.
     pub fn bytes(topic: impl Into<String>, payload: impl Into<Bytes>, content_type: impl Into<String>) -> Self {
-        Self::with_payload(topic.into(), Ok(payload.into()), Some(content_type.into()))
+        Self::with_payload(
+            MessageTopic::Name(topic.into()),
+            Ok(payload.into()),
+            Some(content_type.into()),
+        )
     }
 
-    fn with_payload(topic: String, payload: Result<Bytes, String>, content_type: Option<String>) -> Self {
+    fn with_payload(topic: MessageTopic, payload: Result<Bytes, String>, content_type: Option<String>) -> Self {
         Message {
             topic,
             payload,
@@ -130,7 +160,10 @@ impl Message {
     }
 
     fn into_event(self, inner: &Inner, now: Timestamp) -> Result<(Event, metrics::Counter), PublishError> {
-        let (topic, published) = inner.intern(&self.topic)?;
+        let (topic, published) = match self.topic {
+            MessageTopic::Interned(topic, counter) => (topic, counter),
+            MessageTopic::Name(name) => inner.intern(&name)?,
+        };
         let payload = self
             .payload
             .map_err(|e| PublishError::Encode(serde::ser::Error::custom(e)))?;
@@ -166,6 +199,15 @@ pub(crate) enum Room {
 }
 
 impl Inner {
+    /// The topic of a message published through this runtime, interned at once so that the message
+    /// carries no copy of the name. An invalid name is kept as given, for the publish to report.
+    fn message_topic(&self, name: &str) -> MessageTopic {
+        match self.intern(name) {
+            Ok((topic, counter)) => MessageTopic::Interned(topic, counter),
+            Err(_) => MessageTopic::Name(name.to_owned()),
+        }
+    }
+
     /// The interned topic for `name` and its publish counter. Interning shares one allocation
     /// per topic among all the events that carry it.
     fn intern(&self, name: &str) -> Result<(Topic, metrics::Counter), PublishError> {
@@ -247,13 +289,22 @@ impl Inner {
         Ok(published)
     }
 
+    /// One message: what `publish_many` does for a batch of one, without its vectors.
     pub(crate) async fn publish_one(&self, message: Message, room: Room) -> Result<Published, PublishError> {
-        let mut out = self.publish_many(vec![message], room).await?;
-        out.pop().ok_or_else(|| {
-            PublishError::Store(crate::store::StoreError::Corrupt(
-                "the store returned no result for a published event".into(),
-            ))
-        })
+        self.reserve(room).await?;
+        let now = self.clock.now();
+        let (event, counter) = message.into_event(self, now)?;
+        let due_now = event.deliver_at() <= now;
+        let span = tracing::debug_span!("herald.publish", count = 1);
+        let published = self.store.publish_one(event).instrument(span).await?;
+        if let Published::Stored { deliveries, .. } = published {
+            counter.increment(1);
+            if due_now && deliveries > 0 {
+                // Straight to the pool rather than through the store's wakeup and the timer.
+                self.notify_due();
+            }
+        }
+        Ok(published)
     }
 }
 
@@ -351,7 +402,7 @@ impl Herald {
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Publish<'_> {
         Publish {
             herald: self,
-            message: Message::json(topic, payload),
+            message: Message::json_to(self.inner.message_topic(topic), payload),
             room: Room::Wait,
         }
     }
@@ -361,7 +412,7 @@ impl Herald {
     pub fn try_publish<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Publish<'_> {
         Publish {
             herald: self,
-            message: Message::json(topic, payload),
+            message: Message::json_to(self.inner.message_topic(topic), payload),
             room: Room::Fail,
         }
     }
@@ -441,7 +492,7 @@ impl Herald {
     pub fn request<T: Serialize + ?Sized, R: DeserializeOwned>(&self, topic: &str, payload: &T) -> Request<'_, R> {
         Request {
             herald: self,
-            message: Message::json(topic, payload),
+            message: Message::json_to(self.inner.message_topic(topic), payload),
             timeout: Duration::from_secs(30),
             _reply: PhantomData,
         }
@@ -492,7 +543,10 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
             };
             if let Published::Stored { deliveries: 0, .. } = published {
                 inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                let topic = Topic::new(&topic).map_err(PublishError::from)?;
+                let topic = match topic {
+                    MessageTopic::Interned(topic, _) => topic,
+                    MessageTopic::Name(name) => Topic::new(&name).map_err(PublishError::from)?,
+                };
                 return Err(RequestError::NoHandler(topic));
             }
             match tokio::time::timeout(self.timeout, rx).await {

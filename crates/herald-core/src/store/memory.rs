@@ -118,6 +118,22 @@ impl MemoryStore {
     }
 }
 
+/// The due times a publish announces: the earliest due now and the earliest ahead, both, since
+/// "due now" alone would hide the later time from a timer with nothing else to wait for.
+#[derive(Default)]
+struct Announce {
+    now: Option<Timestamp>,
+    ahead: Option<Timestamp>,
+}
+
+impl MemoryStore {
+    fn announce(&self, wake: Announce) {
+        for t in [wake.now, wake.ahead].into_iter().flatten() {
+            self.wake(Wakeup::Due(t));
+        }
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -794,6 +810,78 @@ impl State {
         (Completion::Applied, wakeup)
     }
 
+    /// Stores one event and fans it out; notes in `wake` the due time to announce.
+    fn insert(&mut self, event: Event, now: Timestamp, wake: &mut Announce) -> Published {
+        if let Some(&first) = event.key().and_then(|k| self.keys.get(k)) {
+            return Published::Duplicate { id: first };
+        }
+        // A publish retried with the same event id (a client that lost the answer) stores
+        // nothing new.
+        if self.by_id.contains(&event.id()) {
+            return Published::Duplicate { id: event.id() };
+        }
+        let routes = self.route(event.topic());
+        let id = event.id();
+        let due = event.deliver_at();
+        let immediate = due <= now;
+        let status = if immediate {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Scheduled
+        };
+        let deliveries: Fanout = routes
+            .iter()
+            .map(|&sub| D {
+                id: DeliveryId::new(),
+                sub,
+                status,
+                attempts: 0,
+                due,
+                token: 0,
+                until: Timestamp::EPOCH,
+                started_at: Timestamp::EPOCH,
+                detail: None,
+            })
+            .collect();
+        let n = u32::try_from(deliveries.len()).unwrap_or(u32::MAX);
+        let key = event.key().map(str::to_owned);
+        let priority = event.priority();
+        let (slot, gen) = self.alloc(Rec {
+            event,
+            deliveries,
+            open: n,
+            finished_at: None,
+        });
+        self.by_id.insert(id, slot);
+        if let Some(key) = key {
+            self.keys.insert(key, id);
+        }
+        *self.counts.slot_mut(status) += u64::from(n);
+        for (idx, &sub) in routes.iter().enumerate() {
+            let at = Ref {
+                slot,
+                gen,
+                idx: u16::try_from(idx).unwrap_or(u16::MAX),
+            };
+            if immediate {
+                self.push_ready(at, sub, priority, due);
+            } else if let Some(s) = self.subs.get_mut(sub as usize) {
+                s.scheduled.push(Reverse((due, at)));
+            }
+        }
+        if n == 0 {
+            self.unrouted += 1;
+            if let Some(r) = self.slots[slot as usize].rec.as_mut() {
+                r.finished_at = Some(now);
+            }
+            self.finished.push_back((now, Ref { slot, gen, idx: 0 }));
+        } else {
+            let earliest = if immediate { &mut wake.now } else { &mut wake.ahead };
+            *earliest = Some(earliest.map_or(due, |e| e.min(due)));
+        }
+        Published::Stored { id, deliveries: n }
+    }
+
     fn alloc(&mut self, rec: Rec) -> (u32, u32) {
         if let Some(slot) = self.free.pop() {
             let s = &mut self.slots[slot as usize];
@@ -889,91 +977,27 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut out = Vec::with_capacity(events.len());
-        // The earliest due now and the earliest ahead, both announced: "due now" alone would hide
-        // the later time from a timer with nothing else to wait for.
-        let (mut earliest_now, mut earliest_ahead): (Option<Timestamp>, Option<Timestamp>) = (None, None);
+        let mut wake = Announce::default();
         for event in events {
-            if let Some(&first) = event.key().and_then(|k| st.keys.get(k)) {
-                out.push(Published::Duplicate { id: first });
-                continue;
-            }
-            // A publish retried with the same event id (a client that lost the answer) stores
-            // nothing new.
-            if st.by_id.contains(&event.id()) {
-                out.push(Published::Duplicate { id: event.id() });
-                continue;
-            }
-            let routes = st.route(event.topic());
-            let id = event.id();
-            let due = event.deliver_at();
-            let immediate = due <= now;
-            let status = if immediate {
-                DeliveryStatus::Pending
-            } else {
-                DeliveryStatus::Scheduled
-            };
-            let deliveries: Fanout = routes
-                .iter()
-                .map(|&sub| D {
-                    id: DeliveryId::new(),
-                    sub,
-                    status,
-                    attempts: 0,
-                    due,
-                    token: 0,
-                    until: Timestamp::EPOCH,
-                    started_at: Timestamp::EPOCH,
-                    detail: None,
-                })
-                .collect();
-            let n = u32::try_from(deliveries.len()).unwrap_or(u32::MAX);
-            let key = event.key().map(str::to_owned);
-            let priority = event.priority();
-            let (slot, gen) = st.alloc(Rec {
-                event,
-                deliveries,
-                open: n,
-                finished_at: None,
-            });
-            st.by_id.insert(id, slot);
-            if let Some(key) = key {
-                st.keys.insert(key, id);
-            }
-            *st.counts.slot_mut(status) += u64::from(n);
-            for (idx, &sub) in routes.iter().enumerate() {
-                let at = Ref {
-                    slot,
-                    gen,
-                    idx: u16::try_from(idx).unwrap_or(u16::MAX),
-                };
-                if immediate {
-                    st.push_ready(at, sub, priority, due);
-                } else if let Some(s) = st.subs.get_mut(sub as usize) {
-                    s.scheduled.push(Reverse((due, at)));
-                }
-            }
-            if n == 0 {
-                st.unrouted += 1;
-                if let Some(r) = st.slots[slot as usize].rec.as_mut() {
-                    r.finished_at = Some(now);
-                }
-                st.finished.push_back((now, Ref { slot, gen, idx: 0 }));
-            } else {
-                let slot = if immediate {
-                    &mut earliest_now
-                } else {
-                    &mut earliest_ahead
-                };
-                *slot = Some(slot.map_or(due, |e| e.min(due)));
-            }
-            out.push(Published::Stored { id, deliveries: n });
+            out.push(st.insert(event, now, &mut wake));
         }
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        for t in [earliest_now, earliest_ahead].into_iter().flatten() {
-            self.wake(Wakeup::Due(t));
-        }
+        self.announce(wake);
+        Ok(out)
+    }
+
+    async fn publish_one(&self, event: Event) -> Result<Published, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut wake = Announce::default();
+        let out = st.insert(event, now, &mut wake);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        self.announce(wake);
         Ok(out)
     }
 
@@ -1093,6 +1117,20 @@ impl Store for MemoryStore {
             self.wake(w);
         }
         Ok(out)
+    }
+
+    async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let (done, wakeup) = st.apply(outcome, now);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        if let Some(w) = wakeup {
+            self.wake(w);
+        }
+        Ok(done)
     }
 
     async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {

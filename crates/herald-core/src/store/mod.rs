@@ -99,6 +99,26 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// not stored: its entry is [`Published::Duplicate`] with the first event's id.
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError>;
 
+    /// Stores one event: [`publish`](Store::publish) of a batch of one, which a store may answer
+    /// without the batch's vectors. The default calls `publish`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use herald_core::{Event, EventParts, MemoryStore, Published, Store, Topic};
+    /// let store = MemoryStore::new();
+    /// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, "7"));
+    /// let id = event.id();
+    /// // No subscription is declared: the event is stored unrouted.
+    /// assert_eq!(store.publish_one(event).await?, Published::Stored { id, deliveries: 0 });
+    /// # Ok(()) }
+    /// ```
+    async fn publish_one(&self, event: Event) -> Result<Published, StoreError> {
+        self.publish(vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("the store returned no result for a published event".into()))
+    }
+
     /// Leases up to `max` deliveries of `subscription` that are due (or whose lease ran out), by
     /// priority (highest first) then due time. Deliveries of expired events are marked
     /// [`DeliveryStatus::Expired`] instead of being handed out.
@@ -122,6 +142,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// When a claim takes a delivery whose lease ran out, the store records the abandoned attempt
     /// as [`AttemptOutcome::LeaseExpired`], finished at the time of that claim.
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError>;
+
+    /// Records one outcome: [`complete`](Store::complete) of a batch of one, which a store may
+    /// answer without the batch's vectors. The default calls `complete`.
+    async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
+        self.complete(vec![outcome])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("the store returned no result for an outcome".into()))
+    }
 
     /// Ends every delivery of the event that has not started (scheduled, pending or retrying) with
     /// the given status (cancelled or expired).
