@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
 use super::*;
-use crate::event::Priority;
+use crate::event::{IdHashState, Priority};
 use crate::topic::Topic;
 
 /// Builds a [`MemoryStore`].
@@ -112,10 +112,6 @@ impl MemoryStore {
         self.backlog.store(state.counts.open(), Ordering::Relaxed);
         std::mem::take(&mut state.evicted)
     }
-
-    fn wake(&self, w: Wakeup) {
-        self.wake.send(w);
-    }
 }
 
 /// The due times a publish announces: the earliest due now and the earliest ahead, both, since
@@ -127,9 +123,9 @@ struct Announce {
 }
 
 impl MemoryStore {
-    fn announce(&self, wake: Announce) {
+    fn announce(&self, wake: Announce, now: Timestamp) {
         for t in [wake.now, wake.ahead].into_iter().flatten() {
-            self.wake(Wakeup::Due(t));
+            self.wake.send_at(Wakeup::Due(t), now);
         }
     }
 }
@@ -413,8 +409,9 @@ impl IdIndex {
 #[derive(Debug, Default)]
 struct State {
     subs: Vec<Sub>,
-    sub_ids: HashMap<SubscriptionName, u32>,
-    routes: HashMap<Topic, Arc<[u32]>>,
+    // Hashed like ids (a per-process seed), not with SipHash: a claim looks its subscription up.
+    sub_ids: HashMap<SubscriptionName, u32, IdHashState>,
+    routes: HashMap<Topic, Arc<[u32]>, IdHashState>,
     /// The last topic routed and its subscriptions.
     last_route: Option<(Topic, Arc<[u32]>)>,
     slots: Vec<Slot>,
@@ -984,7 +981,7 @@ impl Store for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        self.announce(wake);
+        self.announce(wake, now);
         Ok(out)
     }
 
@@ -997,7 +994,7 @@ impl Store for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        self.announce(wake);
+        self.announce(wake, now);
         Ok(out)
     }
 
@@ -1114,7 +1111,7 @@ impl Store for MemoryStore {
         drop(guard);
         drop(evicted);
         for w in wakeups {
-            self.wake(w);
+            self.wake.send_at(w, now);
         }
         Ok(out)
     }
@@ -1128,7 +1125,7 @@ impl Store for MemoryStore {
         drop(guard);
         drop(evicted);
         if let Some(w) = wakeup {
-            self.wake(w);
+            self.wake.send_at(w, now);
         }
         Ok(done)
     }
@@ -1200,7 +1197,7 @@ impl Store for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        self.wake(Wakeup::Due(now));
+        self.wake.send_at(Wakeup::Due(now), now);
         Ok(Requeued::Requeued)
     }
 

@@ -88,19 +88,49 @@ impl WakeupHub {
 
     /// Tells every listener.
     pub fn send(&self, wakeup: Wakeup) {
-        let now = self.clock.now();
+        self.send_at(wakeup, self.clock.now());
+    }
+
+    /// Tells every listener, with the time now as the caller just read it from the hub's clock (a
+    /// store that read it for the change it announces), so the hub does not read it again.
+    ///
+    /// A listener that has not yet taken an earlier time of the same kind is not woken again: it
+    /// takes the earliest of them when it wakes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use futures_util::StreamExt;
+    /// use herald_core::{store::WakeupHub, Clock, Wakeup};
+    ///
+    /// let clock = Clock::new();
+    /// let hub = WakeupHub::with_clock(clock);
+    /// let mut listener = hub.subscribe();
+    /// let now = clock.now();
+    /// hub.send_at(Wakeup::Due(now), now);
+    /// assert_eq!(listener.next().await, Some(Wakeup::Due(now)));
+    /// # }
+    /// ```
+    pub fn send_at(&self, wakeup: Wakeup, now: Timestamp) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         listeners.retain(|weak| {
             let Some(l) = weak.upgrade() else { return false };
-            match wakeup {
+            // Whether the listener is already due to look: it was woken for something it has not
+            // taken yet, and will see this with it.
+            let pending = match wakeup {
                 Wakeup::Due(t) => {
                     let slot = if t <= now { &l.due_now } else { &l.ahead };
-                    slot.fetch_min(t.as_millis(), Ordering::AcqRel);
+                    slot.fetch_min(t.as_millis(), Ordering::AcqRel) != i64::MAX
                 }
-                Wakeup::Answered(id) => l.answered.lock().unwrap_or_else(|p| p.into_inner()).push_back(id),
-                Wakeup::Lagged => l.lagged.store(true, Ordering::Release),
+                Wakeup::Answered(id) => {
+                    let mut answered = l.answered.lock().unwrap_or_else(|p| p.into_inner());
+                    answered.push_back(id);
+                    answered.len() > 1
+                }
+                Wakeup::Lagged => l.lagged.swap(true, Ordering::AcqRel),
+            };
+            if !pending {
+                l.notify.notify_one();
             }
-            l.notify.notify_one();
             true
         });
     }
