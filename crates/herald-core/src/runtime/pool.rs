@@ -133,17 +133,23 @@ pub(crate) async fn work(inner: Arc<Inner>) {
         // worker would keep its thread and starve the timer and the publishers (seen as 100 ms
         // lateness spikes): it yields once tokio's cooperative budget is spent.
         tokio::task::consume_budget().await;
-        let idle = inner.pool.idle.notified();
-        tokio::pin!(idle);
-        idle.as_mut().enable();
         match next(&inner).await {
             Next::Run(job) => {
-                run(&inner, job).await;
+                // Awaited here rather than through a helper: every level of `async fn` moves the
+                // future below it once more.
+                if let Some(finished) = worker::run(&inner, job).await {
+                    record(&inner, finished).await;
+                }
                 continue;
             }
             Next::Again => continue,
             Next::Idle => {}
         }
+        // Only now does the worker wait on `idle`: a wake sent while it looked for work (when no
+        // worker waits) is kept by `Notify` as a permit, which this wait takes at once. A busy
+        // worker is not among the waiters, so a wake goes to one that is idle.
+        let idle = inner.pool.idle.notified();
+        tokio::pin!(idle);
         inner.pool.idle_count.fetch_add(1, Ordering::AcqRel);
         let stopped = tokio::select! {
             _ = &mut idle => false,
@@ -153,12 +159,6 @@ pub(crate) async fn work(inner: Arc<Inner>) {
         if stopped {
             return;
         }
-    }
-}
-
-async fn run(inner: &Arc<Inner>, job: Job) {
-    if let Some(finished) = worker::run(inner, job).await {
-        record(inner, finished).await;
     }
 }
 
@@ -320,7 +320,11 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
             Results::Many(rs) => rs.get(i),
         };
         match result {
-            Some(Completion::Applied) => worker::after_recorded(inner, done).await,
+            Some(Completion::Applied) => {
+                if let Some(death) = worker::after_recorded(inner, done) {
+                    Box::pin(death).await;
+                }
+            }
             Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
             None => {}
         }

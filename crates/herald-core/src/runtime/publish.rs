@@ -229,16 +229,24 @@ impl Inner {
         Ok((topic, counter))
     }
 
-    async fn reserve(&self, room: Room) -> Result<(), PublishError> {
+    /// Whether a publish may go ahead at once; `reserve` waits (or fails) when it may not.
+    fn has_room(&self, room: Room) -> Result<bool, PublishError> {
         if room != Room::Ignore && self.closing.load(Ordering::Relaxed) {
             return Err(PublishError::ShuttingDown);
         }
         let Some(max) = self.max_pending.filter(|_| room != Room::Ignore) else {
-            return Ok(());
+            return Ok(true);
         };
-        if self.store.backlog().is_none_or(|n| n < max) {
+        Ok(self.store.backlog().is_none_or(|n| n < max))
+    }
+
+    async fn reserve(&self, room: Room) -> Result<(), PublishError> {
+        if self.has_room(room)? {
             return Ok(());
         }
+        let Some(max) = self.max_pending else {
+            return Ok(());
+        };
         let _waiting = super::RoomWaiter::new(self);
         loop {
             let notified = self.room.notified();
@@ -291,12 +299,19 @@ impl Inner {
 
     /// One message: what `publish_many` does for a batch of one, without its vectors.
     pub(crate) async fn publish_one(&self, message: Message, room: Room) -> Result<Published, PublishError> {
-        self.reserve(room).await?;
+        if !self.has_room(room)? {
+            // Boxed: waiting for room is rare, and its future would make every publish's larger.
+            Box::pin(self.reserve(room)).await?;
+        }
         let now = self.clock.now();
         let (event, counter) = message.into_event(self, now)?;
         let due_now = event.deliver_at() <= now;
         let span = tracing::debug_span!("herald.publish", count = 1);
-        let published = self.store.publish_one(event).instrument(span).await?;
+        let published = if span.is_disabled() {
+            self.store.publish_one(event).await?
+        } else {
+            self.store.publish_one(event).instrument(span).await?
+        };
         if let Published::Stored { deliveries, .. } = published {
             counter.increment(1);
             if due_now && deliveries > 0 {

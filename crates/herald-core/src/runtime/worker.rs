@@ -87,7 +87,13 @@ pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
         event_id = %job.claimed.event.id(),
         attempt = job.claimed.attempt,
     );
-    let finished = attempt(inner, job).instrument(span).await;
+    // Without a subscriber that wants the span, the attempt is not wrapped: wrapping moves its
+    // (large) future once more.
+    let finished = if span.is_disabled() {
+        attempt(inner, job).await
+    } else {
+        attempt(inner, job).instrument(span).await
+    };
     if finished.is_none() {
         inner.in_flight.finish();
     }
@@ -154,9 +160,13 @@ pub(crate) struct Finished {
     pub(crate) outcome: Outcome,
 }
 
-pub(crate) async fn after_recorded(inner: &Inner, done: Finished) {
+/// What follows a recorded outcome: answers a local requester and, for a death, announces it.
+/// Only a death has anything to await, so the rest is done here and the (rare) announcement is
+/// returned for the caller to box and await: the pool's futures stay small, which matters because
+/// each is moved at every `.await`.
+pub(crate) fn after_recorded(inner: &Inner, done: Finished) -> Option<impl Future<Output = ()> + Send + '_> {
     let Finished { claimed, outcome } = done;
-    let event = &claimed.event;
+    let event = claimed.event;
     if event.reply_to().is_some() {
         match &outcome.verdict {
             Verdict::Succeeded { reply } => inner.answer(event.id(), Answer::Reply(reply.clone().unwrap_or_default())),
@@ -164,17 +174,18 @@ pub(crate) async fn after_recorded(inner: &Inner, done: Finished) {
             _ => {}
         }
     }
-    if let Verdict::Dead { reason } = outcome.verdict {
-        let notice = DeadLetter {
-            event_id: event.id(),
-            delivery_id: claimed.lease.delivery,
-            topic: event.topic().clone(),
-            subscription: claimed.subscription.clone(),
-            attempts: claimed.attempt,
-            reason,
-        };
-        announce_death(inner, event, notice).await;
-    }
+    let Verdict::Dead { reason } = outcome.verdict else {
+        return None;
+    };
+    let notice = DeadLetter {
+        event_id: event.id(),
+        delivery_id: claimed.lease.delivery,
+        topic: event.topic().clone(),
+        subscription: claimed.subscription,
+        attempts: claimed.attempt,
+        reason,
+    };
+    Some(async move { announce_death(inner, &event, notice).await })
 }
 
 /// Publishes `herald.event.dead` for a delivery of `event` that died (and `cron.task.failed` when
