@@ -175,7 +175,10 @@ async fn next(inner: &Arc<Inner>) -> Next {
     };
     // Cleared before the claim: a wakeup that lands while it runs sets it again.
     sub.demand.due.store(false, Ordering::SeqCst);
-    let result = inner.store.claim(&sub.name, want, sub.lease).await;
+    let result = match inner.store.immediate() {
+        Some(store) => store.claim_now(&sub.name, want, sub.lease),
+        None => inner.store.claim(&sub.name, want, sub.lease).await,
+    };
     sub.demand.claiming.store(false, Ordering::Release);
     let claimed = match result {
         Ok(claimed) => {
@@ -303,7 +306,10 @@ enum Results {
 async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
     // One outcome (the usual case unless the store is slow) goes without the batch's vectors.
     let results = match batch.as_slice() {
-        [one] => inner.store.complete_one(one.outcome.clone()).await.map(Results::One),
+        [one] => match inner.store.immediate() {
+            Some(store) => store.complete_one_now(one.outcome.clone()).map(Results::One),
+            None => inner.store.complete_one(one.outcome.clone()).await.map(Results::One),
+        },
         _ => {
             let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
             inner.store.complete(outcomes).await.map(Results::Many)

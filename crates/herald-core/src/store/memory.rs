@@ -891,10 +891,114 @@ impl State {
     }
 }
 
+/// Nothing in the memory store waits: its hot calls are made without a future.
+impl ImmediateStore for MemoryStore {
+    fn publish_one_now(&self, event: Event) -> Result<Published, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut wake = Announce::default();
+        let out = st.insert(event, now, &mut wake);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        self.announce(wake, now);
+        Ok(out)
+    }
+
+    fn claim_now(
+        &self,
+        subscription: &SubscriptionName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = self.clock.now();
+        let lease_until = now + lease;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let sub = st.sub_index(subscription)?;
+        st.reclaim(sub, now);
+        st.promote(sub, now);
+        let mut out = Vec::with_capacity(max.min(64));
+        let mut expired = Vec::new();
+        while out.len() < max {
+            let Some(s) = st.subs.get_mut(sub as usize) else { break };
+            let Some(at) = s.ready.pop() else { break };
+            // The token is the slot in its high half and a claim counter in its low half: unique
+            // per claim of a delivery (fencing), and it leads `complete` straight to the slot.
+            st.next_token = st.next_token.wrapping_add(1);
+            let token = (u64::from(at.slot) << 32) | (st.next_token & 0xffff_ffff);
+            let counts = &mut st.counts;
+            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+                continue;
+            };
+            if rec.deliveries[i].status != DeliveryStatus::Pending {
+                continue;
+            }
+            if rec.event.is_expired_at(now) {
+                set_status(counts, &mut rec.deliveries[i], DeliveryStatus::Expired);
+                expired.push(at);
+                continue;
+            }
+            let d = &mut rec.deliveries[i];
+            set_status(counts, d, DeliveryStatus::Active);
+            let attempt = d.attempts + 1;
+            if attempt == 1 && d.history_inline() {
+                // The common case: no allocation (see `D`).
+                d.started_at = now;
+            } else {
+                d.history_mut().push(Attempt::started(attempt, now));
+            }
+            d.attempts = attempt;
+            d.token = token as u32;
+            d.until = lease_until;
+            out.push(Claimed::new(
+                Lease { delivery: d.id, token },
+                lease_until,
+                subscription.clone(),
+                rec.event.clone(),
+                d.attempts,
+                d.due,
+            ));
+            if let Some(s) = st.subs.get_mut(sub as usize) {
+                s.leases.push(Reverse((lease_until, at, token)));
+            }
+        }
+        if !expired.is_empty() {
+            metrics::counter!("herald_deliveries_expired_total").increment(expired.len() as u64);
+        }
+        for at in expired {
+            st.close_one(at, now);
+        }
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        Ok(out)
+    }
+
+    fn complete_one_now(&self, outcome: Outcome) -> Result<Completion, StoreError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let (done, wakeup) = st.apply(outcome, now);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        if let Some(w) = wakeup {
+            self.wake.send_at(w, now);
+        }
+        Ok(done)
+    }
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     fn clock(&self) -> Clock {
         self.clock
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        Some(self)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -986,16 +1090,7 @@ impl Store for MemoryStore {
     }
 
     async fn publish_one(&self, event: Event) -> Result<Published, StoreError> {
-        let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let mut wake = Announce::default();
-        let out = st.insert(event, now, &mut wake);
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
-        self.announce(wake, now);
-        Ok(out)
+        self.publish_one_now(event)
     }
 
     async fn claim(
@@ -1004,68 +1099,7 @@ impl Store for MemoryStore {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let now = self.clock.now();
-        let lease_until = now + lease;
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let sub = st.sub_index(subscription)?;
-        st.reclaim(sub, now);
-        st.promote(sub, now);
-        let mut out = Vec::with_capacity(max.min(64));
-        let mut expired = Vec::new();
-        while out.len() < max {
-            let Some(s) = st.subs.get_mut(sub as usize) else { break };
-            let Some(at) = s.ready.pop() else { break };
-            // The token is the slot in its high half and a claim counter in its low half: unique
-            // per claim of a delivery (fencing), and it leads `complete` straight to the slot.
-            st.next_token = st.next_token.wrapping_add(1);
-            let token = (u64::from(at.slot) << 32) | (st.next_token & 0xffff_ffff);
-            let counts = &mut st.counts;
-            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
-                continue;
-            };
-            if rec.deliveries[i].status != DeliveryStatus::Pending {
-                continue;
-            }
-            if rec.event.is_expired_at(now) {
-                set_status(counts, &mut rec.deliveries[i], DeliveryStatus::Expired);
-                expired.push(at);
-                continue;
-            }
-            let d = &mut rec.deliveries[i];
-            set_status(counts, d, DeliveryStatus::Active);
-            let attempt = d.attempts + 1;
-            if attempt == 1 && d.history_inline() {
-                // The common case: no allocation (see `D`).
-                d.started_at = now;
-            } else {
-                d.history_mut().push(Attempt::started(attempt, now));
-            }
-            d.attempts = attempt;
-            d.token = token as u32;
-            d.until = lease_until;
-            out.push(Claimed::new(
-                Lease { delivery: d.id, token },
-                lease_until,
-                subscription.clone(),
-                rec.event.clone(),
-                d.attempts,
-                d.due,
-            ));
-            if let Some(s) = st.subs.get_mut(sub as usize) {
-                s.leases.push(Reverse((lease_until, at, token)));
-            }
-        }
-        if !expired.is_empty() {
-            metrics::counter!("herald_deliveries_expired_total").increment(expired.len() as u64);
-        }
-        for at in expired {
-            st.close_one(at, now);
-        }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
-        Ok(out)
+        self.claim_now(subscription, max, lease)
     }
 
     async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>, StoreError> {
@@ -1117,17 +1151,7 @@ impl Store for MemoryStore {
     }
 
     async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
-        let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let (done, wakeup) = st.apply(outcome, now);
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
-        if let Some(w) = wakeup {
-            self.wake.send_at(w, now);
-        }
-        Ok(done)
+        self.complete_one_now(outcome)
     }
 
     async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {

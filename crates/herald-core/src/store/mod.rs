@@ -68,6 +68,36 @@ pub enum Wakeup {
     Lagged,
 }
 
+/// The hot calls of a store that never waits (one in this process, such as [`MemoryStore`]), made
+/// without a future: the runtime uses them, through [`Store::immediate`], instead of boxing a
+/// future per call. Each does what the [`Store`] method of the same name does.
+///
+/// ```
+/// use herald_core::{Event, EventParts, MemoryStore, Published, Store, Topic};
+///
+/// let store = MemoryStore::new();
+/// let now = store.immediate().expect("the memory store never waits");
+/// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, "7"));
+/// let id = event.id();
+/// assert_eq!(now.publish_one_now(event)?, Published::Stored { id, deliveries: 0 });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait ImmediateStore: Send + Sync {
+    /// [`Store::publish_one`].
+    fn publish_one_now(&self, event: Event) -> Result<Published, StoreError>;
+
+    /// [`Store::claim`].
+    fn claim_now(
+        &self,
+        subscription: &SubscriptionName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// [`Store::complete_one`].
+    fn complete_one_now(&self, outcome: Outcome) -> Result<Completion, StoreError>;
+}
+
 /// Where events, deliveries and history live. See the [module docs](self).
 ///
 /// Implementations must be safe to share between tasks and, for durable stores, between processes:
@@ -76,6 +106,12 @@ pub enum Wakeup {
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The clock the store judges due times and leases by. The runtime sleeps by it.
     fn clock(&self) -> Clock;
+
+    /// This store's calls that complete without waiting, if it has them (see [`ImmediateStore`]).
+    /// The default: none, every call goes through its future.
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        None
+    }
 
     /// What this store can do.
     fn capabilities(&self) -> Capabilities;
