@@ -100,6 +100,9 @@ pub(crate) struct Pool {
     idle: Notify,
     /// How many workers wait on `idle`.
     idle_count: AtomicUsize,
+    /// A wake was sent and no worker has looked for work since: another would add nothing, as
+    /// the worker that looks claims for the idle workers too (see `wake`).
+    waking: AtomicBool,
     /// Where the next search for a subscription to claim for starts (round robin).
     cursor: AtomicUsize,
     outcomes: Mutex<Combining>,
@@ -113,8 +116,14 @@ struct Combining {
 
 impl Pool {
     /// Wakes an idle worker: something may be due.
+    ///
+    /// Wakes coalesce: until a worker looks for work (`next` clears `waking` before it reads the
+    /// due marks), one wake stands for all, since that worker claims for the idle workers too and
+    /// wakes them. A burst of publishes thus wakes one worker, not one per publish.
     pub(crate) fn wake(&self) {
-        self.idle.notify_one();
+        if !self.waking.swap(true, Ordering::SeqCst) {
+            self.idle.notify_one();
+        }
     }
 }
 
@@ -169,6 +178,10 @@ async fn next(inner: &Arc<Inner>) -> Next {
     }
     if inner.stop_claiming.is_cancelled() {
         return Next::Idle;
+    }
+    // Before the due marks are read: a wake for a mark set after this is sent again.
+    if inner.pool.waking.load(Ordering::SeqCst) {
+        inner.pool.waking.store(false, Ordering::SeqCst);
     }
     let Some((sub, want)) = pick(inner) else {
         return Next::Idle;
@@ -320,6 +333,10 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
         tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
         Results::Many(Vec::new())
     });
+    // Deaths are announced after the loop, so that no `Finished` is held across an await (each
+    // `.await` in this future moves it, and it is awaited for every outcome); a delivery counts as
+    // in flight until its death is announced.
+    let mut deaths = Vec::new();
     for (i, done) in batch.drain(..).enumerate() {
         let result = match &results {
             Results::One(r) => (i == 0).then_some(r),
@@ -328,12 +345,17 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
         match result {
             Some(Completion::Applied) => {
                 if let Some(death) = worker::after_recorded(inner, done) {
-                    Box::pin(death).await;
+                    deaths.push(death);
+                    continue;
                 }
             }
             Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
             None => {}
         }
+        inner.in_flight.finish();
+    }
+    for death in deaths {
+        death.await;
         inner.in_flight.finish();
     }
     inner.made_room();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -120,7 +121,16 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     );
     let ended = match std::panic::catch_unwind(AssertUnwindSafe(|| (sub.handler)(claimed.event.clone(), ctx))) {
         Err(panic) => Ended::Panicked(panic_message(&*panic)),
-        Ok(fut) => supervise(inner, &sub, &claimed, fut, started, deadline).await,
+        Ok(fut) => {
+            let mut fut = AssertUnwindSafe(fut).catch_unwind();
+            // A handler that finishes in its first poll needs no timer: registering one (and
+            // removing it) is a measurable part of a quick handler's cost. Nor does it need the
+            // supervision's future, boxed for the handlers that wait.
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
+                Poll::Ready(r) => returned(r),
+                Poll::Pending => Box::pin(supervise(inner, &sub, &claimed, fut, started, deadline)).await,
+            }
+        }
     };
     drop(slot);
     let ended_at = Instant::now();
@@ -164,7 +174,7 @@ pub(crate) struct Finished {
 /// Only a death has anything to await, so the rest is done here and the (rare) announcement is
 /// returned for the caller to box and await: the pool's futures stay small, which matters because
 /// each is moved at every `.await`.
-pub(crate) fn after_recorded(inner: &Inner, done: Finished) -> Option<impl Future<Output = ()> + Send + '_> {
+pub(crate) fn after_recorded(inner: &Inner, done: Finished) -> Option<BoxFuture<'_, ()>> {
     let Finished { claimed, outcome } = done;
     let event = claimed.event;
     if event.reply_to().is_some() {
@@ -185,7 +195,7 @@ pub(crate) fn after_recorded(inner: &Inner, done: Finished) -> Option<impl Futur
         attempts: claimed.attempt,
         reason,
     };
-    Some(async move { announce_death(inner, &event, notice).await })
+    Some(Box::pin(async move { announce_death(inner, &event, notice).await }))
 }
 
 /// Publishes `herald.event.dead` for a delivery of `event` that died (and `cron.task.failed` when
@@ -280,26 +290,27 @@ impl Herald {
     }
 }
 
-/// Drives the handler: catches its panic, applies the timeout, extends the lease while it runs,
-/// and stops it at a hard shutdown.
+/// A handler's future, its panics caught.
+type Handling = futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'static, AttemptResult>>>;
+
+/// How the handler's future ended.
+fn returned(r: Result<AttemptResult, Box<dyn Any + Send>>) -> Ended {
+    match r {
+        Ok(result) => Ended::Returned(result),
+        Err(panic) => Ended::Panicked(panic_message(&*panic)),
+    }
+}
+
+/// Drives a handler that did not finish in its first poll: catches its panic, applies the
+/// timeout, extends the lease while it runs, and stops it at a hard shutdown.
 async fn supervise(
     inner: &Inner,
     sub: &LocalSub,
     claimed: &Claimed,
-    fut: futures_util::future::BoxFuture<'static, AttemptResult>,
+    mut fut: Handling,
     started: Instant,
     deadline: Option<Instant>,
 ) -> Ended {
-    let mut fut = AssertUnwindSafe(fut).catch_unwind();
-    let returned = |r: Result<AttemptResult, Box<dyn Any + Send>>| match r {
-        Ok(result) => Ended::Returned(result),
-        Err(panic) => Ended::Panicked(panic_message(&*panic)),
-    };
-    // A handler that finishes in its first poll needs no timer: registering one (and removing it)
-    // is a measurable part of a quick handler's cost.
-    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
-        return returned(r);
-    }
     let timeout = sub.policy.timeout;
     let lease = sub.lease;
     let mut extend_at = started + lease / 2;
