@@ -58,7 +58,7 @@ impl MemoryStoreBuilder {
             wake: WakeupHub::with_clock(clock),
             clock,
             state: Mutex::new(State {
-                retain_for: self.retain_for,
+                retain_for_ms: i64::try_from(self.retain_for.as_millis()).unwrap_or(i64::MAX),
                 retain_max: self.retain_max,
                 ..State::default()
             }),
@@ -354,7 +354,28 @@ impl IdIndex {
         if self.order.back().is_none_or(|(last, _)| last < id) {
             return None;
         }
-        self.order.binary_search_by(|(x, _)| x.cmp(id)).ok()
+        match self.near_back(id) {
+            Some(Ok(i)) => Some(i),
+            Some(Err(_)) => None,
+            None => self.order.binary_search_by(|(x, _)| x.cmp(id)).ok(),
+        }
+    }
+
+    /// Where `id` is, or would go (`Err`), if that is among the last few entries: ids made by
+    /// concurrent publishers reach the store a little out of order, so a new id is usually just
+    /// before the last one or two. `None`: look further.
+    fn near_back(&self, id: &EventId) -> Option<Result<usize, usize>> {
+        let len = self.order.len();
+        for i in (len.saturating_sub(8)..len).rev() {
+            let x = &self.order[i].0;
+            if x == id {
+                return Some(Ok(i));
+            }
+            if x < id {
+                return Some(Err(i + 1));
+            }
+        }
+        None
     }
 
     fn get(&self, id: &EventId) -> Option<u32> {
@@ -369,7 +390,10 @@ impl IdIndex {
     fn insert(&mut self, id: EventId, slot: u32) {
         match self.order.back() {
             Some(&(last, _)) if last >= id => {
-                let i = self.order.partition_point(|&(x, _)| x < id);
+                let i = match self.near_back(&id) {
+                    Some(Ok(i) | Err(i)) => i,
+                    None => self.order.partition_point(|&(x, _)| x < id),
+                };
                 if self.order.get(i).is_some_and(|&(x, s)| x == id && s == GONE) {
                     // The id of a removed event, published again.
                     self.order[i].1 = slot;
@@ -424,7 +448,8 @@ struct State {
     counts: StatusCounts,
     unrouted: u64,
     next_token: u64,
-    retain_for: Duration,
+    /// How long finished events are kept, in milliseconds.
+    retain_for_ms: i64,
     retain_max: usize,
 }
 
@@ -692,10 +717,7 @@ impl State {
     }
 
     fn enforce_retention(&mut self, now: Timestamp) {
-        let cutoff = Timestamp::from_millis(
-            now.as_millis()
-                .saturating_sub(i64::try_from(self.retain_for.as_millis()).unwrap_or(i64::MAX)),
-        );
+        let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(self.retain_for_ms));
         while self.pop_finished(Some(cutoff)).is_some() {}
         while self.finished.len() > self.retain_max {
             if self.pop_finished(None).is_none() {
@@ -807,8 +829,9 @@ impl State {
         (Completion::Applied, wakeup)
     }
 
-    /// Stores one event and fans it out; notes in `wake` the due time to announce.
-    fn insert(&mut self, event: Event, now: Timestamp, wake: &mut Announce) -> Published {
+    /// Stores one event and fans it out; notes in `wake` the due time to announce. The first
+    /// delivery takes `first_id` if given (made before the lock was taken: an id reads the clock).
+    fn insert(&mut self, event: Event, first_id: Option<DeliveryId>, now: Timestamp, wake: &mut Announce) -> Published {
         if let Some(&first) = event.key().and_then(|k| self.keys.get(k)) {
             return Published::Duplicate { id: first };
         }
@@ -826,10 +849,11 @@ impl State {
         } else {
             DeliveryStatus::Scheduled
         };
+        let mut first_id = first_id;
         let deliveries: Fanout = routes
             .iter()
             .map(|&sub| D {
-                id: DeliveryId::new(),
+                id: first_id.take().unwrap_or_default(),
                 sub,
                 status,
                 attempts: 0,
@@ -895,10 +919,12 @@ impl State {
 impl ImmediateStore for MemoryStore {
     fn publish_one_now(&self, event: Event) -> Result<Published, StoreError> {
         let now = self.clock.now();
+        // Most events have one delivery: its id is made before the lock, to hold it shorter.
+        let first_id = DeliveryId::new();
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut wake = Announce::default();
-        let out = st.insert(event, now, &mut wake);
+        let out = st.insert(event, Some(first_id), now, &mut wake);
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
@@ -1080,7 +1106,7 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(events.len());
         let mut wake = Announce::default();
         for event in events {
-            out.push(st.insert(event, now, &mut wake));
+            out.push(st.insert(event, None, now, &mut wake));
         }
         let evicted = self.settle(st, now);
         drop(guard);

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use futures_util::stream::{self, BoxStream};
 use tokio::sync::Notify;
@@ -49,7 +49,8 @@ struct Listener {
 /// # }
 /// ```
 pub struct WakeupHub {
-    listeners: Mutex<Vec<Weak<Listener>>>,
+    /// Read by every send; written only to add a listener or drop those that are gone.
+    listeners: RwLock<Vec<Weak<Listener>>>,
     clock: Clock,
 }
 
@@ -81,7 +82,7 @@ impl WakeupHub {
     /// ```
     pub fn with_clock(clock: Clock) -> Self {
         WakeupHub {
-            listeners: Mutex::new(Vec::new()),
+            listeners: RwLock::new(Vec::new()),
             clock,
         }
     }
@@ -111,9 +112,12 @@ impl WakeupHub {
     /// # }
     /// ```
     pub fn send_at(&self, wakeup: Wakeup, now: Timestamp) {
-        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        listeners.retain(|weak| {
-            let Some(l) = weak.upgrade() else { return false };
+        let mut gone = false;
+        for weak in self.listeners.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let Some(l) = weak.upgrade() else {
+                gone = true;
+                continue;
+            };
             // Whether the listener is already due to look: it was woken for something it has not
             // taken yet, and will see this with it.
             let pending = match wakeup {
@@ -131,8 +135,13 @@ impl WakeupHub {
             if !pending {
                 l.notify.notify_one();
             }
-            true
-        });
+        }
+        if gone {
+            self.listeners
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|weak| weak.strong_count() > 0);
+        }
     }
 
     /// A new listener: a stream of what was sent after this call.
@@ -146,7 +155,7 @@ impl WakeupHub {
             notify: Notify::new(),
         });
         self.listeners
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::downgrade(&listener));
         Box::pin(stream::unfold(listener, |l| async move {
