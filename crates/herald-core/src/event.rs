@@ -17,11 +17,17 @@ use crate::topic::Topic;
 /// process, and 62 random bits from a thread-local generator. (`Uuid::now_v7` asks the operating
 /// system for randomness on every call, which showed up as a tenth of the bus's time.)
 fn new_v7() -> Uuid {
-    static LAST: AtomicU64 = AtomicU64::new(0);
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        & ((1 << 48) - 1);
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    v7_at(now_ms)
+}
+
+/// A UUIDv7 for the Unix milliseconds `now_ms` (as a [`Clock`](crate::Clock) read it: the
+/// runtime and the stores have just read theirs, and a clock read is a measurable part of an id).
+fn v7_at(now_ms: u64) -> Uuid {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now_ms = now_ms & ((1 << 48) - 1);
     let mut prev = LAST.load(Ordering::Relaxed);
     let stamp = loop {
         let next = (now_ms << 12).max(prev + 1);
@@ -61,6 +67,12 @@ macro_rules! uuid_id {
             /// A new time-ordered (UUIDv7) id.
             pub fn new() -> Self {
                 $name(new_v7())
+            }
+
+            /// A new time-ordered id for the time `now` (read from a herald [`Clock`](crate::Clock)
+            /// just before), without reading the wall clock again.
+            pub(crate) fn new_at(now: Timestamp) -> Self {
+                $name(v7_at(u64::try_from(now.as_millis()).unwrap_or(0)))
             }
 
             /// The id from its UUID.
@@ -586,5 +598,17 @@ mod tests {
         let (secs, _) = u.get_timestamp().map(|t| t.to_unix()).unwrap_or_default();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert!(now.abs_diff(secs) < 5, "the timestamp is the wall clock");
+    }
+
+    #[test]
+    fn ids_made_at_a_clock_reading_carry_it_and_stay_increasing() {
+        let clock = crate::Clock::new();
+        let a = EventId::new_at(clock.now());
+        let b = EventId::new();
+        let c = EventId::new_at(clock.now());
+        assert!(a < b && b < c, "ids from both sources keep one order");
+        let (secs, _) = c.as_uuid().get_timestamp().map(|t| t.to_unix()).unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(secs) < 5, "the timestamp is the clock's wall-clock time");
     }
 }

@@ -173,7 +173,7 @@ impl Message {
             When::At(t) => t.max(now),
         };
         let parts = EventParts {
-            id: self.id.unwrap_or_default(),
+            id: self.id.unwrap_or_else(|| EventId::new_at(now)),
             topic,
             payload,
             content_type: self.content_type,

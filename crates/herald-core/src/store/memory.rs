@@ -853,7 +853,7 @@ impl State {
         let deliveries: Fanout = routes
             .iter()
             .map(|&sub| D {
-                id: first_id.take().unwrap_or_default(),
+                id: first_id.take().unwrap_or_else(|| DeliveryId::new_at(now)),
                 sub,
                 status,
                 attempts: 0,
@@ -920,7 +920,7 @@ impl ImmediateStore for MemoryStore {
     fn publish_one_now(&self, event: Event) -> Result<Published, StoreError> {
         let now = self.clock.now();
         // Most events have one delivery: its id is made before the lock, to hold it shorter.
-        let first_id = DeliveryId::new();
+        let first_id = DeliveryId::new_at(now);
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut wake = Announce::default();
