@@ -590,6 +590,33 @@ async fn request_reply_returns_the_typed_answer() {
     assert!(matches!(&err, RequestError::Failed(r) if r == "never"), "{err}");
 }
 
+/// A handler in one runtime answers a requester in another that shares its store (through the
+/// store's answer announcement), and a requester in its own runtime (directly).
+#[tokio::test(start_paused = true)]
+async fn a_request_is_answered_from_another_runtime_on_the_same_store() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runtime = |store: Arc<dyn Store>| Herald::builder().system_events(false).shared_store(store).build();
+    let asker = runtime(store.clone()).await.unwrap();
+    let server = runtime(store).await.unwrap();
+    server
+        .subscribe("double", "math.double")
+        .handle(|n: u64, _ctx: Context| async move { Ok::<_, HandlerError>(n * 2) })
+        .await
+        .unwrap();
+    let remote: u64 = asker
+        .request("math.double", &21)
+        .timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(remote, 42, "answered across runtimes");
+    let local: u64 = server
+        .request("math.double", &4)
+        .timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(local, 8, "answered in the handler's own runtime");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_that_timed_out_expires_and_is_never_handled() {
     let herald = bus().await;

@@ -320,7 +320,15 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
     // One outcome (the usual case unless the store is slow) goes without the batch's vectors.
     let results = match batch.as_slice() {
         [one] => match inner.store.immediate() {
-            Some(store) => store.complete_one_now(one.outcome.clone()).map(Results::One),
+            Some(store) => {
+                // A requester waiting in this runtime is answered below: no one else needs to hear
+                // of the answer, and the timer would only wake to find no waiter.
+                let event = &one.claimed.event;
+                let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
+                store
+                    .complete_one_now(one.outcome.clone(), answered_here)
+                    .map(Results::One)
+            }
             None => inner.store.complete_one(one.outcome.clone()).await.map(Results::One),
         },
         _ => {

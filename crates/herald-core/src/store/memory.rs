@@ -1002,7 +1002,7 @@ impl ImmediateStore for MemoryStore {
         Ok(out)
     }
 
-    fn complete_one_now(&self, outcome: Outcome) -> Result<Completion, StoreError> {
+    fn complete_one_now(&self, outcome: Outcome, answered_here: bool) -> Result<Completion, StoreError> {
         let now = self.clock.now();
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -1010,8 +1010,10 @@ impl ImmediateStore for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        if let Some(w) = wakeup {
-            self.wake.send_at(w, now);
+        match wakeup {
+            Some(Wakeup::Answered(_)) if answered_here => {}
+            Some(w) => self.wake.send_at(w, now),
+            None => {}
         }
         Ok(done)
     }
@@ -1177,7 +1179,7 @@ impl Store for MemoryStore {
     }
 
     async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
-        self.complete_one_now(outcome)
+        self.complete_one_now(outcome, false)
     }
 
     async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {

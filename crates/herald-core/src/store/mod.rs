@@ -94,8 +94,10 @@ pub trait ImmediateStore: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError>;
 
-    /// [`Store::complete_one`].
-    fn complete_one_now(&self, outcome: Outcome) -> Result<Completion, StoreError>;
+    /// [`Store::complete_one`]. With `answered_here`, the caller hands a request's answer to its
+    /// waiter itself (the waiter is in the caller's runtime, so in no other), and the store
+    /// announces the answer to no listener: [`Wakeup::Answered`] is for requesters elsewhere.
+    fn complete_one_now(&self, outcome: Outcome, answered_here: bool) -> Result<Completion, StoreError>;
 }
 
 /// Where events, deliveries and history live. See the [module docs](self).
