@@ -562,6 +562,7 @@ impl Herald {
                 inner.hard_stop.cancel();
                 inner.in_flight.idle().await;
                 inner.stopped.cancel();
+                inner.pool.stop();
                 inner.background.close();
                 inner.background.wait().await;
                 // Requests still waiting get `ShuttingDown`.
