@@ -322,7 +322,8 @@ struct Extra {
     content_type: Option<String>,
     source: Option<String>,
     key: Option<String>,
-    reply_to: Option<String>,
+    // Shared with the runtime that sends requests: a request copies no node name.
+    reply_to: Option<Arc<str>>,
     headers: Headers,
 }
 
@@ -379,20 +380,26 @@ impl EventParts {
 
 impl Event {
     /// Builds an event from its parts.
-    pub fn from_parts(p: EventParts) -> Self {
+    pub fn from_parts(mut p: EventParts) -> Self {
+        let reply_to = p.reply_to.take().map(Arc::from);
+        Self::from_parts_replying(p, reply_to)
+    }
+
+    /// [`from_parts`](Self::from_parts) with `reply_to` shared (`p.reply_to` is ignored).
+    pub(crate) fn from_parts_replying(p: EventParts, reply_to: Option<Arc<str>>) -> Self {
         let content_type = p.content_type.filter(|c| c != JSON);
         // Most events have none of these: no `Extra` to build, compare and drop then.
         let plain = content_type.is_none()
             && p.source.is_none()
             && p.key.is_none()
-            && p.reply_to.is_none()
+            && reply_to.is_none()
             && p.headers.is_empty();
         let extra = (!plain).then(|| {
             Arc::new(Extra {
                 content_type,
                 source: p.source,
                 key: p.key,
-                reply_to: p.reply_to,
+                reply_to,
                 headers: p.headers,
             })
         });
@@ -424,7 +431,7 @@ impl Event {
             deliver_at: data.deliver_at,
             expires_at: (data.expires_at != Timestamp::MAX).then_some(data.expires_at),
             key: extra.key,
-            reply_to: extra.reply_to,
+            reply_to: extra.reply_to.map(|r| r.to_string()),
         }
     }
 

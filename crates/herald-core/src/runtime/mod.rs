@@ -259,7 +259,8 @@ impl HeraldBuilder {
         let clock = store.clock();
         let node = self
             .node
-            .unwrap_or_else(|| format!("pid-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+            .unwrap_or_else(|| format!("pid-{}-{:08x}", std::process::id(), fastrand::u32(..)))
+            .into();
         let inner = Arc::new(Inner {
             wakeups: Mutex::new(Some(store.wakeups())),
             store,
@@ -313,7 +314,8 @@ pub(crate) enum Answer {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Clock,
-    pub(crate) node: String,
+    /// Shared: every request carries it as its `reply_to`.
+    pub(crate) node: Arc<str>,
     pub(crate) worker_count: usize,
     pub(crate) max_pending: Option<u64>,
     pub(crate) lease: Duration,
@@ -382,7 +384,7 @@ impl Inner {
 
     async fn publish_lifecycle(&self, topic: &'static str) -> Result<EventId, Error> {
         let payload = Lifecycle {
-            node: self.node.clone(),
+            node: self.node.to_string(),
             at: self.clock.now(),
         };
         let id = self

@@ -4,6 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,7 +56,7 @@ pub struct Message {
     source: Option<String>,
     headers: Headers,
     pub(crate) id: Option<EventId>,
-    pub(crate) reply_to: Option<String>,
+    pub(crate) reply_to: Option<Arc<str>>,
 }
 
 /// A message's topic: as given, or already interned by the runtime that publishes it.
@@ -184,9 +185,9 @@ impl Message {
             deliver_at,
             expires_at: self.ttl.map(|ttl| deliver_at + ttl),
             key: self.key,
-            reply_to: self.reply_to,
+            reply_to: None,
         };
-        Ok((Event::from_parts(parts), published))
+        Ok((Event::from_parts_replying(parts, self.reply_to), published))
     }
 }
 
