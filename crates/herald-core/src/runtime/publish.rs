@@ -300,10 +300,13 @@ impl Inner {
 
     /// One message: what `publish_many` does for a batch of one, without its vectors.
     pub(crate) async fn publish_one(&self, message: Message, room: Room) -> Result<Published, PublishError> {
-        if !self.has_room(room)? {
-            // Boxed: waiting for room is rare, and its future would make every publish's larger.
-            Box::pin(self.reserve(room)).await?;
-        }
+        // Waiting for room is rare: its future is boxed, with the message in it, so that neither
+        // makes every publish's future larger (each `.await` of it moves it).
+        let message = if self.has_room(room)? {
+            message
+        } else {
+            Box::pin(async move { self.reserve(room).await.map(|()| message) }).await?
+        };
         let now = self.clock.now();
         let (event, counter) = message.into_event(self, now)?;
         let due_now = event.deliver_at() <= now;
@@ -394,10 +397,12 @@ impl<'a> IntoFuture for Publish<'a> {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let published = self.herald.inner.publish_one(self.message, self.room).await?;
-            Ok(published.id())
-        })
+        // The publish's own future, mapped, rather than an async block around it: the block would
+        // hold the message a second time, and the whole future is moved into the box.
+        let publish = self.herald.inner.publish_one(self.message, self.room);
+        Box::pin(futures_util::FutureExt::map(publish, |published| {
+            published.map(|p| p.id())
+        }))
     }
 }
 
