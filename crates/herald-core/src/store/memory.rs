@@ -354,6 +354,10 @@ impl IdIndex {
         if self.order.back().is_none_or(|(last, _)| last < id) {
             return None;
         }
+        // Retention removes the oldest event, which is at the front.
+        if self.order.front().is_some_and(|(first, _)| first == id) {
+            return Some(0);
+        }
         match self.near_back(id) {
             Some(Ok(i)) => Some(i),
             Some(Err(_)) => None,
