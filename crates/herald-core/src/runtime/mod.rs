@@ -279,8 +279,10 @@ impl HeraldBuilder {
             timer_refresh: Notify::new(),
             closing: AtomicBool::new(false),
             stop_claiming: CancellationToken::new(),
+            claims_stopped: AtomicBool::new(false),
             hard_stop: CancellationToken::new(),
             stopped: CancellationToken::new(),
+            has_stopped: AtomicBool::new(false),
             in_flight: worker::InFlight::default(),
             pool: pool::Pool::default(),
             background: TaskTracker::new(),
@@ -335,8 +337,13 @@ pub(crate) struct Inner {
     pub(crate) timer_refresh: Notify,
     pub(crate) closing: AtomicBool,
     pub(crate) stop_claiming: CancellationToken,
+    /// Set with `stop_claiming`: what the pool reads before each claim (reading a
+    /// `CancellationToken` takes its lock).
+    pub(crate) claims_stopped: AtomicBool,
     pub(crate) hard_stop: CancellationToken,
     pub(crate) stopped: CancellationToken,
+    /// Set before `stopped` is cancelled: what an idle worker reads.
+    pub(crate) has_stopped: AtomicBool,
     pub(crate) wakeups: Mutex<Option<futures_util::stream::BoxStream<'static, crate::store::Wakeup>>>,
     /// Claimed deliveries not yet finished (queued for a worker or running).
     pub(crate) in_flight: worker::InFlight,
@@ -554,6 +561,7 @@ impl Herald {
                         inner.wait_finished(id, deadline).await;
                     }
                 }
+                inner.claims_stopped.store(true, Ordering::SeqCst);
                 inner.stop_claiming.cancel();
                 let before = inner.in_flight.count();
                 let drained_in_time = tokio::select! {
@@ -563,6 +571,7 @@ impl Herald {
                 let interrupted = if drained_in_time { 0 } else { inner.in_flight.count() };
                 inner.hard_stop.cancel();
                 inner.in_flight.idle().await;
+                inner.has_stopped.store(true, Ordering::SeqCst);
                 inner.stopped.cancel();
                 inner.pool.stop();
                 inner.background.close();

@@ -168,13 +168,13 @@ pub(crate) async fn work(inner: Arc<Inner>) {
         // Registered before the stop is checked: the stop wakes every registered waiter (see
         // `Pool::stop`), which costs less than a cancellation future polled at every idle wait.
         idle.as_mut().enable();
-        if inner.stopped.is_cancelled() {
+        if inner.has_stopped.load(Ordering::SeqCst) {
             return;
         }
         inner.pool.idle_count.fetch_add(1, Ordering::AcqRel);
         idle.await;
         inner.pool.idle_count.fetch_sub(1, Ordering::AcqRel);
-        if inner.stopped.is_cancelled() {
+        if inner.has_stopped.load(Ordering::SeqCst) {
             return;
         }
     }
@@ -185,7 +185,7 @@ async fn next(inner: &Arc<Inner>) -> Next {
     if let Some(job) = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
         return Next::Run(job);
     }
-    if inner.stop_claiming.is_cancelled() {
+    if inner.claims_stopped.load(Ordering::SeqCst) {
         return Next::Idle;
     }
     // Before the due marks are read: a wake for a mark set after this is sent again.
@@ -266,7 +266,8 @@ fn pick(inner: &Inner) -> Option<(Arc<LocalSub>, usize)> {
     for i in 0..n {
         let sub = &subs[(start + i) % n];
         let d = &sub.demand;
-        if !d.due.load(Ordering::SeqCst) || sub.paused.load(Ordering::SeqCst) || sub.stop.is_cancelled() {
+        if !d.due.load(Ordering::SeqCst) || sub.paused.load(Ordering::SeqCst) || sub.unsubscribed.load(Ordering::SeqCst)
+        {
             continue;
         }
         if d.claiming.swap(true, Ordering::AcqRel) {
