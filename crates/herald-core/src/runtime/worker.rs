@@ -47,6 +47,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 pub(crate) struct InFlight {
     count: AtomicUsize,
     idle: Notify,
+    /// Whether anyone waits in `idle()` (only shutdown does): otherwise reaching zero, which
+    /// happens after most bursts, would take `Notify`'s lock for nobody.
+    watched: std::sync::atomic::AtomicBool,
 }
 
 impl InFlight {
@@ -55,7 +58,7 @@ impl InFlight {
     }
 
     pub(crate) fn finish(&self) {
-        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.watched.load(Ordering::SeqCst) {
             self.idle.notify_waiters();
         }
     }
@@ -66,6 +69,9 @@ impl InFlight {
 
     /// Resolves once nothing is in flight.
     pub(crate) async fn idle(&self) {
+        // Before the count is read: a `finish` that sees it unset has already brought the count
+        // to what the read below sees.
+        self.watched.store(true, Ordering::SeqCst);
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
