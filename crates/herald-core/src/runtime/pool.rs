@@ -25,6 +25,18 @@ use crate::store::{Claimed, Completion};
 /// The most deliveries one claim asks for.
 const MAX_BATCH: usize = 64;
 
+/// How many deliveries a claim asks for at least when the subscription's handler is quick (see
+/// `Demand::quick`): without it, busy workers claim one delivery each, and a claim costs more than
+/// a quick handler.
+const AHEAD: usize = 16;
+
+/// A handler is quick when its last attempt took less than this: `AHEAD` of them queued start
+/// within a few milliseconds.
+pub(crate) const QUICK: Duration = Duration::from_millis(1);
+
+/// The shortest lease under which a claim asks for more than the idle workers can start at once.
+const AHEAD_MIN_LEASE: Duration = Duration::from_millis(500);
+
 /// A claimed delivery waiting for a worker, with the slot it holds in its subscription's limit.
 pub(crate) struct Job {
     pub(crate) claimed: Claimed,
@@ -54,6 +66,9 @@ pub(crate) struct Demand {
     pub(crate) claiming: AtomicBool,
     /// Consecutive failed claims, for the backoff.
     pub(crate) failures: AtomicU32,
+    /// Its last attempt took less than `QUICK`: a claim may then ask for `AHEAD` deliveries even
+    /// when fewer workers are idle, the rest queued for whichever worker is free first.
+    pub(crate) quick: AtomicBool,
 }
 
 impl Demand {
@@ -64,6 +79,7 @@ impl Demand {
             due: AtomicBool::new(true),
             claiming: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            quick: AtomicBool::new(false),
         }
     }
 
@@ -262,10 +278,18 @@ fn pick(inner: &Inner) -> Option<(Arc<LocalSub>, usize)> {
         return None;
     }
     let start = inner.pool.cursor.fetch_add(1, Ordering::Relaxed);
-    let want = (inner.pool.idle_count.load(Ordering::Acquire) + 1).min(MAX_BATCH);
+    let for_idle = inner.pool.idle_count.load(Ordering::Acquire) + 1;
     for i in 0..n {
         let sub = &subs[(start + i) % n];
         let d = &sub.demand;
+        // Claiming ahead: a delivery queued behind a handler that turned slow may wait, so the
+        // worker that starts it renews a half-spent lease first (see `worker::attempt`).
+        let want = if d.quick.load(Ordering::Relaxed) && sub.lease >= AHEAD_MIN_LEASE {
+            for_idle.max(AHEAD)
+        } else {
+            for_idle
+        }
+        .min(MAX_BATCH);
         if !d.due.load(Ordering::SeqCst) || sub.paused.load(Ordering::SeqCst) || sub.unsubscribed.load(Ordering::SeqCst)
         {
             continue;

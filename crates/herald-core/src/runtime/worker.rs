@@ -115,6 +115,13 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     let started_at = inner.clock.reading_at(started);
     let late_ms = started_at.millis_since(claimed.due).max(0);
     sub.metrics.lateness.record(late_ms as f64 / 1000.0);
+    // Claimed ahead of a free worker, it may have waited in the queue: a lease more than half
+    // spent is renewed before the handler starts, and a lease lost meanwhile gives the delivery up
+    // to the claim that took it.
+    let half_lease = i64::try_from(sub.lease.as_millis() / 2).unwrap_or(i64::MAX);
+    if claimed.lease_until.millis_since(started_at) < half_lease && !Box::pin(renew(inner, &sub, &claimed)).await {
+        return None;
+    }
 
     let deadline = sub.policy.timeout.map(|t| started + t);
     let ctx = Context::new(
@@ -141,9 +148,9 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     drop(slot);
     let ended_at = Instant::now();
     let finished_at = inner.clock.reading_at(ended_at);
-    sub.metrics
-        .handle_time
-        .record(ended_at.saturating_duration_since(started).as_secs_f64());
+    let took = ended_at.saturating_duration_since(started);
+    sub.metrics.handle_time.record(took.as_secs_f64());
+    sub.demand.quick.store(took < super::pool::QUICK, Ordering::Relaxed);
 
     let verdict = judge(&sub, &claimed, ended, finished_at);
     match &verdict {
@@ -293,6 +300,18 @@ impl Herald {
             }
         }
         Ok(done)
+    }
+}
+
+/// Extends the lease of a delivery about to start; `false` when another claim took it.
+async fn renew(inner: &Inner, sub: &LocalSub, claimed: &Claimed) -> bool {
+    match inner.store.extend(&[claimed.lease], sub.lease).await {
+        Ok(held) => held.first() != Some(&false),
+        Err(e) => {
+            // As while a handler runs: the attempt goes on, and the outcome is fenced anyway.
+            tracing::warn!(error = %e, "herald: could not extend a lease; starting the attempt all the same");
+            true
+        }
     }
 }
 
