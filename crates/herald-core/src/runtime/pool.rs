@@ -320,71 +320,84 @@ fn any_due(inner: &Inner) -> bool {
 /// Records an outcome, combining: the first worker to arrive records every outcome that arrives
 /// until it is done; the others leave theirs and go on.
 async fn record(inner: &Arc<Inner>, finished: Finished) {
-    let mut batch = {
+    {
         let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        c.pending.push(finished);
         if c.recording {
+            c.pending.push(finished);
             return;
         }
+        // Nothing is pending while no one records: the recorder drains it before it stops.
         c.recording = true;
-        std::mem::take(&mut c.pending)
-    };
+    }
+    // Its own outcome goes alone (nothing was pending), without a batch to gather it in.
+    record_one(inner, finished).await;
+    let mut batch = Vec::new();
     loop {
-        record_batch(inner, &mut batch).await;
-        let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        if c.pending.is_empty() {
-            c.recording = false;
-            // Hand the (empty) allocation back for the next batch.
-            c.pending = batch;
-            return;
+        {
+            let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            if c.pending.is_empty() {
+                c.recording = false;
+                if batch.capacity() > c.pending.capacity() {
+                    // Hand the (empty) allocation back for the next batch.
+                    c.pending = batch;
+                }
+                return;
+            }
+            std::mem::swap(&mut c.pending, &mut batch);
         }
-        std::mem::swap(&mut c.pending, &mut batch);
+        record_batch(inner, &mut batch).await;
     }
 }
 
-/// What the store said of a batch of outcomes.
-enum Results {
-    One(Completion),
-    Many(Vec<Completion>),
+/// One outcome: its store call, then what follows it.
+async fn record_one(inner: &Inner, done: Finished) {
+    let result = match inner.store.immediate() {
+        Some(store) => {
+            // A requester waiting in this runtime is answered below: no one else needs to hear of
+            // the answer, and the timer would only wake to find no waiter.
+            let event = &done.claimed.event;
+            let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
+            store.complete_one_now(done.outcome.clone(), answered_here)
+        }
+        None => inner.store.complete_one(done.outcome.clone()).await,
+    };
+    match result {
+        Ok(Completion::Applied) => {
+            if let Some(death) = worker::after_recorded(inner, done) {
+                death.await;
+            }
+        }
+        Ok(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
+        Err(e) => {
+            // The lease runs out and the delivery is attempted again: at-least-once.
+            tracing::error!(error = %e, "herald: could not record an outcome; the delivery will run again after its lease");
+        }
+    }
+    inner.in_flight.finish();
+    inner.made_room();
 }
 
 /// One store call for the whole batch, then what follows each recorded outcome. Leaves `batch`
 /// empty.
 async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
-    // One outcome (the usual case unless the store is slow) goes without the batch's vectors.
-    let results = match batch.as_slice() {
-        [one] => match inner.store.immediate() {
-            Some(store) => {
-                // A requester waiting in this runtime is answered below: no one else needs to hear
-                // of the answer, and the timer would only wake to find no waiter.
-                let event = &one.claimed.event;
-                let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
-                store
-                    .complete_one_now(one.outcome.clone(), answered_here)
-                    .map(Results::One)
-            }
-            None => inner.store.complete_one(one.outcome.clone()).await.map(Results::One),
-        },
-        _ => {
-            let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
-            inner.store.complete(outcomes).await.map(Results::Many)
+    if batch.len() == 1 {
+        if let Some(one) = batch.pop() {
+            record_one(inner, one).await;
         }
-    };
-    let results = results.unwrap_or_else(|e| {
+        return;
+    }
+    let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
+    let results = inner.store.complete(outcomes).await.unwrap_or_else(|e| {
         // The leases run out and the deliveries are attempted again: at-least-once.
         tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
-        Results::Many(Vec::new())
+        Vec::new()
     });
     // Deaths are announced after the loop, so that no `Finished` is held across an await (each
-    // `.await` in this future moves it, and it is awaited for every outcome); a delivery counts as
-    // in flight until its death is announced.
+    // `.await` in this future moves it); a delivery counts as in flight until its death is
+    // announced.
     let mut deaths = Vec::new();
     for (i, done) in batch.drain(..).enumerate() {
-        let result = match &results {
-            Results::One(r) => (i == 0).then_some(r),
-            Results::Many(rs) => rs.get(i),
-        };
-        match result {
+        match results.get(i) {
             Some(Completion::Applied) => {
                 if let Some(death) = worker::after_recorded(inner, done) {
                     deaths.push(death);
