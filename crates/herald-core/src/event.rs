@@ -327,6 +327,26 @@ struct Extra {
     headers: Headers,
 }
 
+/// A `reply_to` (a runtime's node name) as the extra fields of an event that has no others, so
+/// that the requests of one runtime share one allocation for them.
+#[derive(Clone)]
+pub(crate) struct ReplyTo(Arc<Extra>);
+
+impl ReplyTo {
+    pub(crate) fn new(node: Arc<str>) -> Self {
+        ReplyTo(Arc::new(Extra {
+            reply_to: Some(node),
+            ..Extra::default()
+        }))
+    }
+}
+
+impl fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0.reply_to, f)
+    }
+}
+
 /// Every field of an [`Event`], public: for stores that write events out and read them back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -381,28 +401,27 @@ impl EventParts {
 impl Event {
     /// Builds an event from its parts.
     pub fn from_parts(mut p: EventParts) -> Self {
-        let reply_to = p.reply_to.take().map(Arc::from);
-        Self::from_parts_replying(p, reply_to)
+        let reply_to = p.reply_to.take().map(|r| ReplyTo::new(Arc::from(r)));
+        Self::from_parts_replying(p, reply_to.as_ref())
     }
 
-    /// [`from_parts`](Self::from_parts) with `reply_to` shared (`p.reply_to` is ignored).
-    pub(crate) fn from_parts_replying(p: EventParts, reply_to: Option<Arc<str>>) -> Self {
+    /// [`from_parts`](Self::from_parts) with a shared `reply_to` (`p.reply_to` is ignored).
+    pub(crate) fn from_parts_replying(p: EventParts, reply_to: Option<&ReplyTo>) -> Self {
         let content_type = p.content_type.filter(|c| c != JSON);
         // Most events have none of these: no `Extra` to build, compare and drop then.
-        let plain = content_type.is_none()
-            && p.source.is_none()
-            && p.key.is_none()
-            && reply_to.is_none()
-            && p.headers.is_empty();
-        let extra = (!plain).then(|| {
-            Arc::new(Extra {
+        let plain = content_type.is_none() && p.source.is_none() && p.key.is_none() && p.headers.is_empty();
+        let extra = match (plain, reply_to) {
+            (true, None) => None,
+            // A request with nothing else: the runtime's one `Extra` for its requests.
+            (true, Some(r)) => Some(r.0.clone()),
+            (false, r) => Some(Arc::new(Extra {
                 content_type,
                 source: p.source,
                 key: p.key,
-                reply_to,
+                reply_to: r.and_then(|r| r.0.reply_to.clone()),
                 headers: p.headers,
-            })
-        });
+            })),
+        };
         Event(Arc::new(EventData {
             id: p.id,
             topic: p.topic,

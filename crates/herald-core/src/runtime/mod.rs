@@ -261,7 +261,9 @@ impl HeraldBuilder {
             .node
             .unwrap_or_else(|| format!("pid-{}-{:08x}", std::process::id(), fastrand::u32(..)))
             .into();
+        let node: Arc<str> = node;
         let inner = Arc::new(Inner {
+            reply_to: crate::event::ReplyTo::new(node.clone()),
             wakeups: Mutex::new(Some(store.wakeups())),
             store,
             clock,
@@ -316,8 +318,9 @@ pub(crate) enum Answer {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Clock,
-    /// Shared: every request carries it as its `reply_to`.
     pub(crate) node: Arc<str>,
+    /// The node as the `reply_to` of this runtime's requests, one allocation shared by all.
+    pub(crate) reply_to: crate::event::ReplyTo,
     pub(crate) worker_count: usize,
     pub(crate) max_pending: Option<u64>,
     pub(crate) lease: Duration,

@@ -4,7 +4,6 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use tracing::Instrument;
 
 use super::{Answer, Herald, Inner};
 use crate::error::{PublishError, RequestError};
-use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority};
+use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority, ReplyTo};
 use crate::store::{CancelAs, Published};
 use crate::time::Timestamp;
 use crate::topic::Topic;
@@ -56,7 +55,7 @@ pub struct Message {
     source: Option<String>,
     headers: Headers,
     pub(crate) id: Option<EventId>,
-    pub(crate) reply_to: Option<Arc<str>>,
+    pub(crate) reply_to: Option<ReplyTo>,
 }
 
 /// A message's topic: as given, or already interned by the runtime that publishes it.
@@ -187,7 +186,7 @@ impl Message {
             key: self.key,
             reply_to: None,
         };
-        Ok((Event::from_parts_replying(parts, self.reply_to), published))
+        Ok((Event::from_parts_replying(parts, self.reply_to.as_ref()), published))
     }
 }
 
@@ -556,7 +555,7 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
             let topic = self.message.topic.clone();
             let mut message = self.message.ttl(self.timeout);
             message.id = Some(id);
-            message.reply_to = Some(inner.node.clone());
+            message.reply_to = Some(inner.reply_to.clone());
             let (tx, rx) = oneshot::channel();
             inner.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
             let published = match inner.publish_one(message, Room::Wait).await {
