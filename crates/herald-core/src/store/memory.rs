@@ -197,13 +197,13 @@ struct LeaseQueue(VecDeque<(Timestamp, Ref, u64)>);
 
 impl LeaseQueue {
     fn push(&mut self, until: Timestamp, at: Ref, token: u64) {
-        let entry = (until, at, token);
+        // By the end alone: leases that end in the same millisecond keep their order of arrival.
         match self.0.back() {
-            Some(last) if *last > entry => {
-                let i = self.0.partition_point(|e| *e <= entry);
-                self.0.insert(i, entry);
+            Some(&(last, _, _)) if last > until => {
+                let i = self.0.partition_point(|&(u, _, _)| u <= until);
+                self.0.insert(i, (until, at, token));
             }
-            _ => self.0.push_back(entry),
+            _ => self.0.push_back((until, at, token)),
         }
     }
 
