@@ -159,12 +159,13 @@ enum Next {
 
 /// One worker: runs attempts until the runtime has stopped.
 pub(crate) async fn work(inner: Arc<Inner>) {
+    let mut claimed = Vec::new();
     loop {
         // With the memory store nothing below has to wait while work is due, so without this a
         // worker would keep its thread and starve the timer and the publishers (seen as 100 ms
         // lateness spikes): it yields once tokio's cooperative budget is spent.
         tokio::task::consume_budget().await;
-        match next(&inner).await {
+        match next(&inner, &mut claimed).await {
             Next::Run(job) => {
                 // Awaited here rather than through a helper: every level of `async fn` moves the
                 // future below it once more.
@@ -197,7 +198,8 @@ pub(crate) async fn work(inner: Arc<Inner>) {
 }
 
 /// The next delivery to run: a queued one, or the first of a new claim.
-async fn next(inner: &Arc<Inner>) -> Next {
+/// `claimed` is the worker's buffer for what a claim returns, kept between claims.
+async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>) -> Next {
     if let Some(job) = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
         return Next::Run(job);
     }
@@ -213,15 +215,19 @@ async fn next(inner: &Arc<Inner>) -> Next {
     };
     // Cleared before the claim: a wakeup that lands while it runs sets it again.
     sub.demand.due.store(false, Ordering::SeqCst);
+    claimed.clear();
     let result = match inner.store.immediate() {
-        Some(store) => store.claim_now(&sub.name, want, sub.lease),
-        None => inner.store.claim(&sub.name, want, sub.lease).await,
+        Some(store) => store.claim_now(&sub.name, want, sub.lease, claimed),
+        None => inner
+            .store
+            .claim(&sub.name, want, sub.lease)
+            .await
+            .map(|c| *claimed = c),
     };
     sub.demand.claiming.store(false, Ordering::Release);
-    let claimed = match result {
-        Ok(claimed) => {
+    match result {
+        Ok(()) => {
             sub.demand.failures.store(0, Ordering::Relaxed);
-            claimed
         }
         Err(e) => {
             sub.demand.release(want);
@@ -235,13 +241,13 @@ async fn next(inner: &Arc<Inner>) -> Next {
             sub.demand.due.store(true, Ordering::SeqCst);
             return Next::Again;
         }
-    };
+    }
     if claimed.len() == want {
         // A full batch: there may be more.
         sub.demand.due.store(true, Ordering::SeqCst);
     }
     sub.demand.release(want - claimed.len());
-    let mut jobs = claimed.into_iter().map(|claimed| {
+    let mut jobs = claimed.drain(..).map(|claimed| {
         inner.in_flight.start();
         Job {
             claimed,

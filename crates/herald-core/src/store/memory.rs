@@ -978,7 +978,8 @@ impl ImmediateStore for MemoryStore {
         subscription: &SubscriptionName,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Claimed>, StoreError> {
+        into: &mut Vec<Claimed>,
+    ) -> Result<(), StoreError> {
         let now = self.clock.now();
         let lease_until = now + lease;
         let mut guard = self.lock();
@@ -986,9 +987,10 @@ impl ImmediateStore for MemoryStore {
         let sub = st.sub_index(subscription)?;
         st.reclaim(sub, now);
         st.promote(sub, now);
-        let mut out = Vec::with_capacity(max.min(64));
+        let out = into;
+        let first = out.len();
         let mut expired = Vec::new();
-        while out.len() < max {
+        while out.len() - first < max {
             let Some(s) = st.subs.get_mut(sub as usize) else { break };
             let Some(at) = s.ready.pop() else { break };
             // The token is the slot in its high half and a claim counter in its low half: unique
@@ -1040,7 +1042,7 @@ impl ImmediateStore for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        Ok(out)
+        Ok(())
     }
 
     fn complete_one_now(&self, outcome: Outcome, answered_here: bool) -> Result<Completion, StoreError> {
@@ -1164,7 +1166,9 @@ impl Store for MemoryStore {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.claim_now(subscription, max, lease)
+        let mut out = Vec::with_capacity(max.min(64));
+        self.claim_now(subscription, max, lease, &mut out)?;
+        Ok(out)
     }
 
     async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>, StoreError> {

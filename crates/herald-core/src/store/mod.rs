@@ -76,7 +76,7 @@ pub enum Wakeup {
 /// use herald_core::{Event, EventParts, MemoryStore, Published, Store, Topic};
 ///
 /// let store = MemoryStore::new();
-/// let now = store.immediate().expect("the memory store never waits");
+/// let now = store.immediate().ok_or("the memory store never waits")?;
 /// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, "7"));
 /// let id = event.id();
 /// assert_eq!(now.publish_one_now(event)?, Published::Stored { id, deliveries: 0 });
@@ -86,13 +86,15 @@ pub trait ImmediateStore: Send + Sync {
     /// [`Store::publish_one`].
     fn publish_one_now(&self, event: Event) -> Result<Published, StoreError>;
 
-    /// [`Store::claim`].
+    /// [`Store::claim`], appending the claimed deliveries to `into` (a buffer the caller reuses:
+    /// a claim's vector of 16 or more deliveries is a large allocation).
     fn claim_now(
         &self,
         subscription: &SubscriptionName,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Claimed>, StoreError>;
+        into: &mut Vec<Claimed>,
+    ) -> Result<(), StoreError>;
 
     /// [`Store::complete_one`]. With `answered_here`, the caller hands a request's answer to its
     /// waiter itself (the waiter is in the caller's runtime, so in no other), and the store
