@@ -363,7 +363,8 @@ async fn record_one(inner: &Inner, done: Finished) {
             // the answer, and the timer would only wake to find no waiter.
             let event = &done.claimed.event;
             let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
-            store.complete_one_now(done.outcome.clone(), answered_here)
+            // The attempt's end was read from the store's clock an instant ago.
+            store.complete_one_now(done.outcome.clone(), answered_here, done.outcome.finished_at)
         }
         None => inner.store.complete_one(done.outcome.clone()).await,
     };

@@ -313,7 +313,7 @@ impl Inner {
         let published = if let Some(store) = self.store.immediate() {
             // No future to box: the store answers at once.
             let _in_span = span.enter();
-            store.publish_one_now(event)?
+            store.publish_one_now(event, now)?
         } else if span.is_disabled() {
             self.store.publish_one(event).await?
         } else {

@@ -958,8 +958,7 @@ impl State {
 
 /// Nothing in the memory store waits: its hot calls are made without a future.
 impl ImmediateStore for MemoryStore {
-    fn publish_one_now(&self, event: Event) -> Result<Published, StoreError> {
-        let now = self.clock.now();
+    fn publish_one_now(&self, event: Event, now: Timestamp) -> Result<Published, StoreError> {
         // Most events have one delivery: its id is made before the lock, to hold it shorter.
         let first_id = DeliveryId::new_at(now);
         let mut guard = self.lock();
@@ -1045,8 +1044,12 @@ impl ImmediateStore for MemoryStore {
         Ok(())
     }
 
-    fn complete_one_now(&self, outcome: Outcome, answered_here: bool) -> Result<Completion, StoreError> {
-        let now = self.clock.now();
+    fn complete_one_now(
+        &self,
+        outcome: Outcome,
+        answered_here: bool,
+        now: Timestamp,
+    ) -> Result<Completion, StoreError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let (done, wakeup) = st.apply(outcome, now);
@@ -1157,7 +1160,7 @@ impl Store for MemoryStore {
     }
 
     async fn publish_one(&self, event: Event) -> Result<Published, StoreError> {
-        self.publish_one_now(event)
+        self.publish_one_now(event, self.clock.now())
     }
 
     async fn claim(
@@ -1220,7 +1223,7 @@ impl Store for MemoryStore {
     }
 
     async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
-        self.complete_one_now(outcome, false)
+        self.complete_one_now(outcome, false, self.clock.now())
     }
 
     async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {

@@ -70,21 +70,24 @@ pub enum Wakeup {
 
 /// The hot calls of a store that never waits (one in this process, such as [`MemoryStore`]), made
 /// without a future: the runtime uses them, through [`Store::immediate`], instead of boxing a
-/// future per call. Each does what the [`Store`] method of the same name does.
+/// future per call. Each does what the [`Store`] method of the same name does. Where a call takes
+/// `now`, it is the time by the store's [`clock`](Store::clock) as the caller just read it (the
+/// runtime has always read it for the same step: the store does not read it again).
 ///
 /// ```
 /// use herald_core::{Event, EventParts, MemoryStore, Published, Store, Topic};
 ///
 /// let store = MemoryStore::new();
-/// let now = store.immediate().ok_or("the memory store never waits")?;
+/// let direct = store.immediate().ok_or("the memory store never waits")?;
 /// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, "7"));
 /// let id = event.id();
-/// assert_eq!(now.publish_one_now(event)?, Published::Stored { id, deliveries: 0 });
+/// let now = store.clock().now();
+/// assert_eq!(direct.publish_one_now(event, now)?, Published::Stored { id, deliveries: 0 });
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait ImmediateStore: Send + Sync {
     /// [`Store::publish_one`].
-    fn publish_one_now(&self, event: Event) -> Result<Published, StoreError>;
+    fn publish_one_now(&self, event: Event, now: Timestamp) -> Result<Published, StoreError>;
 
     /// [`Store::claim`], appending the claimed deliveries to `into` (a buffer the caller reuses:
     /// a claim's vector of 16 or more deliveries is a large allocation).
@@ -99,7 +102,8 @@ pub trait ImmediateStore: Send + Sync {
     /// [`Store::complete_one`]. With `answered_here`, the caller hands a request's answer to its
     /// waiter itself (the waiter is in the caller's runtime, so in no other), and the store
     /// announces the answer to no listener: [`Wakeup::Answered`] is for requesters elsewhere.
-    fn complete_one_now(&self, outcome: Outcome, answered_here: bool) -> Result<Completion, StoreError>;
+    fn complete_one_now(&self, outcome: Outcome, answered_here: bool, now: Timestamp)
+        -> Result<Completion, StoreError>;
 }
 
 /// Where events, deliveries and history live. See the [module docs](self).
