@@ -17,11 +17,17 @@ use crate::topic::Topic;
 /// process, and 62 random bits from a thread-local generator. (`Uuid::now_v7` asks the operating
 /// system for randomness on every call, which showed up as a tenth of the bus's time.)
 fn new_v7() -> Uuid {
-    static LAST: AtomicU64 = AtomicU64::new(0);
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        & ((1 << 48) - 1);
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    v7_at(now_ms)
+}
+
+/// A UUIDv7 for the Unix milliseconds `now_ms` (as a [`Clock`](crate::Clock) read it: the
+/// runtime and the stores have just read theirs, and a clock read is a measurable part of an id).
+fn v7_at(now_ms: u64) -> Uuid {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now_ms = now_ms & ((1 << 48) - 1);
     let mut prev = LAST.load(Ordering::Relaxed);
     let stamp = loop {
         let next = (now_ms << 12).max(prev + 1);
@@ -61,6 +67,12 @@ macro_rules! uuid_id {
             /// A new time-ordered (UUIDv7) id.
             pub fn new() -> Self {
                 $name(new_v7())
+            }
+
+            /// A new time-ordered id for the time `now` (read from a herald [`Clock`](crate::Clock)
+            /// just before), without reading the wall clock again.
+            pub(crate) fn new_at(now: Timestamp) -> Self {
+                $name(v7_at(u64::try_from(now.as_millis()).unwrap_or(0)))
             }
 
             /// The id from its UUID.
@@ -310,8 +322,29 @@ struct Extra {
     content_type: Option<String>,
     source: Option<String>,
     key: Option<String>,
-    reply_to: Option<String>,
+    // Shared with the runtime that sends requests: a request copies no node name.
+    reply_to: Option<Arc<str>>,
     headers: Headers,
+}
+
+/// A `reply_to` (a runtime's node name) as the extra fields of an event that has no others, so
+/// that the requests of one runtime share one allocation for them.
+#[derive(Clone)]
+pub(crate) struct ReplyTo(Arc<Extra>);
+
+impl ReplyTo {
+    pub(crate) fn new(node: Arc<str>) -> Self {
+        ReplyTo(Arc::new(Extra {
+            reply_to: Some(node),
+            ..Extra::default()
+        }))
+    }
+}
+
+impl fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0.reply_to, f)
+    }
 }
 
 /// Every field of an [`Event`], public: for stores that write events out and read them back.
@@ -367,13 +400,27 @@ impl EventParts {
 
 impl Event {
     /// Builds an event from its parts.
-    pub fn from_parts(p: EventParts) -> Self {
-        let extra = Extra {
-            content_type: p.content_type.filter(|c| c != JSON),
-            source: p.source,
-            key: p.key,
-            reply_to: p.reply_to,
-            headers: p.headers,
+    pub fn from_parts(mut p: EventParts) -> Self {
+        let reply_to = p.reply_to.take().map(|r| ReplyTo::new(Arc::from(r)));
+        Self::from_parts_replying(p, reply_to.as_ref())
+    }
+
+    /// [`from_parts`](Self::from_parts) with a shared `reply_to` (`p.reply_to` is ignored).
+    pub(crate) fn from_parts_replying(p: EventParts, reply_to: Option<&ReplyTo>) -> Self {
+        let content_type = p.content_type.filter(|c| c != JSON);
+        // Most events have none of these: no `Extra` to build, compare and drop then.
+        let plain = content_type.is_none() && p.source.is_none() && p.key.is_none() && p.headers.is_empty();
+        let extra = match (plain, reply_to) {
+            (true, None) => None,
+            // A request with nothing else: the runtime's one `Extra` for its requests.
+            (true, Some(r)) => Some(r.0.clone()),
+            (false, r) => Some(Arc::new(Extra {
+                content_type,
+                source: p.source,
+                key: p.key,
+                reply_to: r.and_then(|r| r.0.reply_to.clone()),
+                headers: p.headers,
+            })),
         };
         Event(Arc::new(EventData {
             id: p.id,
@@ -383,7 +430,7 @@ impl Event {
             deliver_at: p.deliver_at,
             expires_at: p.expires_at.unwrap_or(Timestamp::MAX),
             priority: p.priority,
-            extra: (extra != Extra::default()).then(|| Arc::new(extra)),
+            extra,
         }))
     }
 
@@ -403,7 +450,7 @@ impl Event {
             deliver_at: data.deliver_at,
             expires_at: (data.expires_at != Timestamp::MAX).then_some(data.expires_at),
             key: extra.key,
-            reply_to: extra.reply_to,
+            reply_to: extra.reply_to.map(|r| r.to_string()),
         }
     }
 
@@ -577,5 +624,17 @@ mod tests {
         let (secs, _) = u.get_timestamp().map(|t| t.to_unix()).unwrap_or_default();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert!(now.abs_diff(secs) < 5, "the timestamp is the wall clock");
+    }
+
+    #[test]
+    fn ids_made_at_a_clock_reading_carry_it_and_stay_increasing() {
+        let clock = crate::Clock::new();
+        let a = EventId::new_at(clock.now());
+        let b = EventId::new();
+        let c = EventId::new_at(clock.now());
+        assert!(a < b && b < c, "ids from both sources keep one order");
+        let (secs, _) = c.as_uuid().get_timestamp().map(|t| t.to_unix()).unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(secs) < 5, "the timestamp is the clock's wall-clock time");
     }
 }

@@ -212,8 +212,8 @@ pub(crate) type AttemptResult = Result<Option<Bytes>, HandlerError>;
 /// A type-erased handler, as the runtime stores it.
 pub(crate) type BoxHandler = Arc<dyn Fn(Event, Context) -> BoxFuture<'static, AttemptResult> + Send + Sync>;
 
-fn encode_reply<R: Serialize>(reply: R, ctx: &Context) -> AttemptResult {
-    if ctx.event.reply_to().is_none() {
+fn encode_reply<R: Serialize>(reply: R, wants_reply: bool) -> AttemptResult {
+    if !wants_reply {
         return Ok(None);
     }
     match crate::event::encode_json(&reply) {
@@ -236,8 +236,10 @@ where
         let decoded = serde_json::from_slice::<T>(event.payload());
         match decoded {
             Ok(value) => {
-                let fut = f(value, ctx.clone());
-                Box::pin(async move { encode_reply(fut.await?, &ctx) }) as BoxFuture<'static, AttemptResult>
+                // Whether to encode the reply, rather than a second context kept for that.
+                let wants_reply = ctx.event.reply_to().is_some();
+                let fut = f(value, ctx);
+                Box::pin(async move { encode_reply(fut.await?, wants_reply) }) as BoxFuture<'static, AttemptResult>
             }
             Err(e) => {
                 let reason = format!("payload does not decode as {}: {e}", std::any::type_name::<T>());
@@ -255,7 +257,8 @@ where
     Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
     Arc::new(move |event: Event, ctx: Context| {
-        let fut = f(event, ctx.clone());
-        Box::pin(async move { encode_reply(fut.await?, &ctx) }) as BoxFuture<'static, AttemptResult>
+        let wants_reply = ctx.event.reply_to().is_some();
+        let fut = f(event, ctx);
+        Box::pin(async move { encode_reply(fut.await?, wants_reply) }) as BoxFuture<'static, AttemptResult>
     })
 }

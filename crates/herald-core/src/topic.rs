@@ -80,8 +80,21 @@ fn invalid(kind: &'static str, name: &str, reason: &'static str) -> TopicError {
 /// assert!(err.to_string().starts_with("topic 'Order Paid' is invalid: use lowercase dotted names"));
 /// # Ok::<(), herald_core::TopicError>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Topic(Arc<str>);
+
+// Shared names (interned, or clones of one) are equal without comparing their bytes.
+impl PartialEq for Topic {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for Topic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl Topic {
     /// Validates `name` as a topic.
@@ -293,8 +306,21 @@ impl<'de> Deserialize<'de> for Pattern {
 /// assert!(SubscriptionName::new("billing.invoices").is_ok());
 /// assert!(SubscriptionName::new("Billing Invoices").is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct SubscriptionName(Arc<str>);
+
+// Shared names (interned, or clones of one) are equal without comparing their bytes.
+impl PartialEq for SubscriptionName {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for SubscriptionName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl SubscriptionName {
     /// Validates `name`.

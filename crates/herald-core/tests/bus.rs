@@ -590,6 +590,111 @@ async fn request_reply_returns_the_typed_answer() {
     assert!(matches!(&err, RequestError::Failed(r) if r == "never"), "{err}");
 }
 
+/// A handler in one runtime answers a requester in another that shares its store (through the
+/// store's answer announcement), and a requester in its own runtime (directly).
+#[tokio::test(start_paused = true)]
+async fn a_request_is_answered_from_another_runtime_on_the_same_store() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runtime = |store: Arc<dyn Store>| Herald::builder().system_events(false).shared_store(store).build();
+    let asker = runtime(store.clone()).await.unwrap();
+    let server = runtime(store).await.unwrap();
+    server
+        .subscribe("double", "math.double")
+        .handle(|n: u64, _ctx: Context| async move { Ok::<_, HandlerError>(n * 2) })
+        .await
+        .unwrap();
+    let remote: u64 = asker
+        .request("math.double", &21)
+        .timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(remote, 42, "answered across runtimes");
+    let local: u64 = server
+        .request("math.double", &4)
+        .timeout(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(local, 8, "answered in the handler's own runtime");
+}
+
+/// A quick handler's subscription claims more deliveries than it has free workers, queued for the
+/// first worker free. When the handler turns slow, the queued deliveries' leases run out; another
+/// runtime competing for the same subscription takes them over, and the first runtime, renewing a
+/// half-spent lease before it starts each one, gives them up: every delivery is handled once.
+#[tokio::test(start_paused = true)]
+async fn deliveries_claimed_ahead_are_handled_once_when_the_handler_turns_slow() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runtime = |store: Arc<dyn Store>| {
+        Herald::builder()
+            .system_events(false)
+            .workers(1)
+            .lease(Duration::from_secs(2))
+            .shared_store(store)
+            .build()
+    };
+    let a = runtime(store.clone()).await.unwrap();
+    let b = runtime(store).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, &'static str)>();
+    let (slow_tx, mut slow_started) = mpsc::unbounded_channel::<()>();
+    let seen = tx.clone();
+    a.subscribe("work", "job.run")
+        // Its own limit above the one worker, so that claims may run ahead of the worker.
+        .concurrency(16)
+        .handle(move |n: u32, _ctx: Context| {
+            let (seen, slow_tx) = (seen.clone(), slow_tx.clone());
+            async move {
+                if n == 1 {
+                    let _ = slow_tx.send(());
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                let _ = seen.send((n, "a"));
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    a.publish("job.run", &0u32).await.unwrap();
+    assert_eq!(next(&mut rx).await, (0, "a"), "a quick first attempt");
+    a.publish_batch((1..=10u32).map(|n| Message::json("job.run", &n)))
+        .await
+        .unwrap();
+    next(&mut slow_started).await;
+    let stats = a.stats().await.unwrap();
+    assert_eq!(
+        stats.deliveries.active, 10,
+        "all ten claimed by the one worker: {stats:?}"
+    );
+
+    let seen = tx.clone();
+    b.subscribe("work", "job.run")
+        .handle(move |n: u32, _ctx: Context| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send((n, "b"));
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let mut handled = Vec::new();
+    for _ in 1..=10 {
+        handled.push(next(&mut rx).await);
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    while let Ok(more) = rx.try_recv() {
+        handled.push(more);
+    }
+    handled.sort_unstable();
+    let mut expected: Vec<(u32, &str)> = (2..=10).map(|n| (n, "b")).collect();
+    expected.insert(0, (1, "a"));
+    assert_eq!(
+        handled, expected,
+        "each once: the queued ones by the runtime that took them over"
+    );
+    let stats = a.stats().await.unwrap();
+    assert_eq!(stats.deliveries.succeeded, 11, "{stats:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_that_timed_out_expires_and_is_never_handled() {
     let herald = bus().await;

@@ -98,6 +98,7 @@ macro_rules! __for_each_case {
         $crate::$callback! { ($($args)*) [
             publish_fans_out_to_every_matching_subscription,
             publish_records_an_unrouted_event,
+            single_publish_and_outcome_act_as_batches_of_one,
             events_round_trip_every_field,
             idempotency_key_returns_the_first_event,
             idempotency_key_holds_within_one_batch,

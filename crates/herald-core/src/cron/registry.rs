@@ -332,7 +332,7 @@ async fn fire(inner: &Inner, config: &Config, status: &Mutex<Status>, tick: Time
                         tick,
                         event_id: id,
                         topic: config.topic.clone(),
-                        node: inner.node.clone(),
+                        node: inner.node.to_string(),
                     };
                     announce(inner, CRON_EXECUTED_TOPIC, &executed).await;
                 }
@@ -360,7 +360,7 @@ fn changed(inner: &Inner, config: &Config, paused: bool) -> CronTaskChanged {
         time_zone: config.spec.time_zone().to_owned(),
         topic: config.topic.clone(),
         paused,
-        node: inner.node.clone(),
+        node: inner.node.to_string(),
         at: inner.clock.now(),
     }
 }

@@ -25,6 +25,18 @@ use crate::store::{Claimed, Completion};
 /// The most deliveries one claim asks for.
 const MAX_BATCH: usize = 64;
 
+/// How many deliveries a claim asks for at least when the subscription's handler is quick (see
+/// `Demand::quick`): without it, busy workers claim one delivery each, and a claim costs more than
+/// a quick handler.
+const AHEAD: usize = 16;
+
+/// A handler is quick when its last attempt took less than this: `AHEAD` of them queued start
+/// within a few milliseconds.
+pub(crate) const QUICK: Duration = Duration::from_millis(1);
+
+/// The shortest lease under which a claim asks for more than the idle workers can start at once.
+const AHEAD_MIN_LEASE: Duration = Duration::from_millis(500);
+
 /// A claimed delivery waiting for a worker, with the slot it holds in its subscription's limit.
 pub(crate) struct Job {
     pub(crate) claimed: Claimed,
@@ -54,6 +66,9 @@ pub(crate) struct Demand {
     pub(crate) claiming: AtomicBool,
     /// Consecutive failed claims, for the backoff.
     pub(crate) failures: AtomicU32,
+    /// Its last attempt took less than `QUICK`: a claim may then ask for `AHEAD` deliveries even
+    /// when fewer workers are idle, the rest queued for whichever worker is free first.
+    pub(crate) quick: AtomicBool,
 }
 
 impl Demand {
@@ -64,6 +79,7 @@ impl Demand {
             due: AtomicBool::new(true),
             claiming: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            quick: AtomicBool::new(false),
         }
     }
 
@@ -100,6 +116,9 @@ pub(crate) struct Pool {
     idle: Notify,
     /// How many workers wait on `idle`.
     idle_count: AtomicUsize,
+    /// A wake was sent and no worker has looked for work since: another would add nothing, as
+    /// the worker that looks claims for the idle workers too (see `wake`).
+    waking: AtomicBool,
     /// Where the next search for a subscription to claim for starts (round robin).
     cursor: AtomicUsize,
     outcomes: Mutex<Combining>,
@@ -112,9 +131,21 @@ struct Combining {
 }
 
 impl Pool {
+    /// Wakes every idle worker to see that the runtime has stopped (`Inner::stopped` is
+    /// cancelled before this is called).
+    pub(crate) fn stop(&self) {
+        self.idle.notify_waiters();
+    }
+
     /// Wakes an idle worker: something may be due.
+    ///
+    /// Wakes coalesce: until a worker looks for work (`next` clears `waking` before it reads the
+    /// due marks), one wake stands for all, since that worker claims for the idle workers too and
+    /// wakes them. A burst of publishes thus wakes one worker, not one per publish.
     pub(crate) fn wake(&self) {
-        self.idle.notify_one();
+        if !self.waking.swap(true, Ordering::SeqCst) {
+            self.idle.notify_one();
+        }
     }
 }
 
@@ -128,59 +159,75 @@ enum Next {
 
 /// One worker: runs attempts until the runtime has stopped.
 pub(crate) async fn work(inner: Arc<Inner>) {
+    let mut claimed = Vec::new();
     loop {
         // With the memory store nothing below has to wait while work is due, so without this a
         // worker would keep its thread and starve the timer and the publishers (seen as 100 ms
         // lateness spikes): it yields once tokio's cooperative budget is spent.
         tokio::task::consume_budget().await;
-        let idle = inner.pool.idle.notified();
-        tokio::pin!(idle);
-        idle.as_mut().enable();
-        match next(&inner).await {
+        match next(&inner, &mut claimed).await {
             Next::Run(job) => {
-                run(&inner, job).await;
+                // Awaited here rather than through a helper: every level of `async fn` moves the
+                // future below it once more.
+                if let Some(finished) = worker::run(&inner, job).await {
+                    record(&inner, finished).await;
+                }
                 continue;
             }
             Next::Again => continue,
             Next::Idle => {}
         }
+        // Only now does the worker wait on `idle`: a wake sent while it looked for work (when no
+        // worker waits) is kept by `Notify` as a permit, which this wait takes at once. A busy
+        // worker is not among the waiters, so a wake goes to one that is idle.
+        let idle = inner.pool.idle.notified();
+        tokio::pin!(idle);
+        // Registered before the stop is checked: the stop wakes every registered waiter (see
+        // `Pool::stop`), which costs less than a cancellation future polled at every idle wait.
+        idle.as_mut().enable();
+        if inner.has_stopped.load(Ordering::SeqCst) {
+            return;
+        }
         inner.pool.idle_count.fetch_add(1, Ordering::AcqRel);
-        let stopped = tokio::select! {
-            _ = &mut idle => false,
-            _ = inner.stopped.cancelled() => true,
-        };
+        idle.await;
         inner.pool.idle_count.fetch_sub(1, Ordering::AcqRel);
-        if stopped {
+        if inner.has_stopped.load(Ordering::SeqCst) {
             return;
         }
     }
 }
 
-async fn run(inner: &Arc<Inner>, job: Job) {
-    if let Some(finished) = worker::run(inner, job).await {
-        record(inner, finished).await;
-    }
-}
-
 /// The next delivery to run: a queued one, or the first of a new claim.
-async fn next(inner: &Arc<Inner>) -> Next {
+/// `claimed` is the worker's buffer for what a claim returns, kept between claims.
+async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>) -> Next {
     if let Some(job) = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
         return Next::Run(job);
     }
-    if inner.stop_claiming.is_cancelled() {
+    if inner.claims_stopped.load(Ordering::SeqCst) {
         return Next::Idle;
+    }
+    // Before the due marks are read: a wake for a mark set after this is sent again.
+    if inner.pool.waking.load(Ordering::SeqCst) {
+        inner.pool.waking.store(false, Ordering::SeqCst);
     }
     let Some((sub, want)) = pick(inner) else {
         return Next::Idle;
     };
     // Cleared before the claim: a wakeup that lands while it runs sets it again.
     sub.demand.due.store(false, Ordering::SeqCst);
-    let result = inner.store.claim(&sub.name, want, sub.lease).await;
+    claimed.clear();
+    let result = match inner.store.immediate() {
+        Some(store) => store.claim_now(&sub.name, want, sub.lease, claimed),
+        None => inner
+            .store
+            .claim(&sub.name, want, sub.lease)
+            .await
+            .map(|c| *claimed = c),
+    };
     sub.demand.claiming.store(false, Ordering::Release);
-    let claimed = match result {
-        Ok(claimed) => {
+    match result {
+        Ok(()) => {
             sub.demand.failures.store(0, Ordering::Relaxed);
-            claimed
         }
         Err(e) => {
             sub.demand.release(want);
@@ -194,13 +241,13 @@ async fn next(inner: &Arc<Inner>) -> Next {
             sub.demand.due.store(true, Ordering::SeqCst);
             return Next::Again;
         }
-    };
+    }
     if claimed.len() == want {
         // A full batch: there may be more.
         sub.demand.due.store(true, Ordering::SeqCst);
     }
     sub.demand.release(want - claimed.len());
-    let mut jobs = claimed.into_iter().map(|claimed| {
+    let mut jobs = claimed.drain(..).map(|claimed| {
         inner.in_flight.start();
         Job {
             claimed,
@@ -237,11 +284,20 @@ fn pick(inner: &Inner) -> Option<(Arc<LocalSub>, usize)> {
         return None;
     }
     let start = inner.pool.cursor.fetch_add(1, Ordering::Relaxed);
-    let want = (inner.pool.idle_count.load(Ordering::Acquire) + 1).min(MAX_BATCH);
+    let for_idle = inner.pool.idle_count.load(Ordering::Acquire) + 1;
     for i in 0..n {
         let sub = &subs[(start + i) % n];
         let d = &sub.demand;
-        if !d.due.load(Ordering::SeqCst) || sub.paused.load(Ordering::SeqCst) || sub.stop.is_cancelled() {
+        // Claiming ahead: a delivery queued behind a handler that turned slow may wait, so the
+        // worker that starts it renews a half-spent lease first (see `worker::attempt`).
+        let want = if d.quick.load(Ordering::Relaxed) && sub.lease >= AHEAD_MIN_LEASE {
+            for_idle.max(AHEAD)
+        } else {
+            for_idle
+        }
+        .min(MAX_BATCH);
+        if !d.due.load(Ordering::SeqCst) || sub.paused.load(Ordering::SeqCst) || sub.unsubscribed.load(Ordering::SeqCst)
+        {
             continue;
         }
         if d.claiming.swap(true, Ordering::AcqRel) {
@@ -270,46 +326,98 @@ fn any_due(inner: &Inner) -> bool {
 /// Records an outcome, combining: the first worker to arrive records every outcome that arrives
 /// until it is done; the others leave theirs and go on.
 async fn record(inner: &Arc<Inner>, finished: Finished) {
-    let mut batch = {
+    {
         let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        c.pending.push(finished);
         if c.recording {
+            c.pending.push(finished);
             return;
         }
+        // Nothing is pending while no one records: the recorder drains it before it stops.
         c.recording = true;
-        std::mem::take(&mut c.pending)
-    };
-    loop {
-        record_batch(inner, &mut batch).await;
-        let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        if c.pending.is_empty() {
-            c.recording = false;
-            // Hand the (empty) allocation back for the next batch.
-            c.pending = batch;
-            return;
-        }
-        std::mem::swap(&mut c.pending, &mut batch);
     }
+    // Its own outcome goes alone (nothing was pending), without a batch to gather it in.
+    record_one(inner, finished).await;
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            if c.pending.is_empty() {
+                c.recording = false;
+                if batch.capacity() > c.pending.capacity() {
+                    // Hand the (empty) allocation back for the next batch.
+                    c.pending = batch;
+                }
+                return;
+            }
+            std::mem::swap(&mut c.pending, &mut batch);
+        }
+        record_batch(inner, &mut batch).await;
+    }
+}
+
+/// One outcome: its store call, then what follows it.
+async fn record_one(inner: &Inner, done: Finished) {
+    let result = match inner.store.immediate() {
+        Some(store) => {
+            // A requester waiting in this runtime is answered below: no one else needs to hear of
+            // the answer, and the timer would only wake to find no waiter.
+            let event = &done.claimed.event;
+            let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
+            // The attempt's end was read from the store's clock an instant ago.
+            store.complete_one_now(done.outcome.clone(), answered_here, done.outcome.finished_at)
+        }
+        None => inner.store.complete_one(done.outcome.clone()).await,
+    };
+    match result {
+        Ok(Completion::Applied) => {
+            if let Some(death) = worker::after_recorded(inner, done) {
+                death.await;
+            }
+        }
+        Ok(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
+        Err(e) => {
+            // The lease runs out and the delivery is attempted again: at-least-once.
+            tracing::error!(error = %e, "herald: could not record an outcome; the delivery will run again after its lease");
+        }
+    }
+    inner.in_flight.finish();
+    inner.made_room();
 }
 
 /// One store call for the whole batch, then what follows each recorded outcome. Leaves `batch`
 /// empty.
 async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
-    let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
-    let results = match inner.store.complete(outcomes).await {
-        Ok(r) => r,
-        Err(e) => {
-            // The leases run out and the deliveries are attempted again: at-least-once.
-            tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
-            Vec::new()
+    if batch.len() == 1 {
+        if let Some(one) = batch.pop() {
+            record_one(inner, one).await;
         }
-    };
+        return;
+    }
+    let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
+    let results = inner.store.complete(outcomes).await.unwrap_or_else(|e| {
+        // The leases run out and the deliveries are attempted again: at-least-once.
+        tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
+        Vec::new()
+    });
+    // Deaths are announced after the loop, so that no `Finished` is held across an await (each
+    // `.await` in this future moves it); a delivery counts as in flight until its death is
+    // announced.
+    let mut deaths = Vec::new();
     for (i, done) in batch.drain(..).enumerate() {
         match results.get(i) {
-            Some(Completion::Applied) => worker::after_recorded(inner, done).await,
+            Some(Completion::Applied) => {
+                if let Some(death) = worker::after_recorded(inner, done) {
+                    deaths.push(death);
+                    continue;
+                }
+            }
             Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
             None => {}
         }
+        inner.in_flight.finish();
+    }
+    for death in deaths {
+        death.await;
         inner.in_flight.finish();
     }
     inner.made_room();

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::{Answer, Herald, Inner};
 use crate::error::{PublishError, RequestError};
-use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority};
+use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority, ReplyTo};
 use crate::store::{CancelAs, Published};
 use crate::time::Timestamp;
 use crate::topic::Topic;
@@ -45,7 +45,7 @@ enum When {
 #[derive(Clone, Debug)]
 #[must_use = "a message does nothing until it is published"]
 pub struct Message {
-    topic: String,
+    topic: MessageTopic,
     payload: Result<Bytes, String>,
     content_type: Option<String>,
     priority: Priority,
@@ -55,22 +55,52 @@ pub struct Message {
     source: Option<String>,
     headers: Headers,
     pub(crate) id: Option<EventId>,
-    pub(crate) reply_to: Option<String>,
+    pub(crate) reply_to: Option<ReplyTo>,
+}
+
+/// A message's topic: as given, or already interned by the runtime that publishes it.
+#[derive(Clone)]
+enum MessageTopic {
+    Name(String),
+    Interned(Topic, metrics::Counter),
+}
+
+impl MessageTopic {
+    fn as_str(&self) -> &str {
+        match self {
+            MessageTopic::Name(name) => name,
+            MessageTopic::Interned(topic, _) => topic.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MessageTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl Message {
     /// A message whose payload is `payload` encoded as JSON.
     pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, payload: &T) -> Self {
+        Self::json_to(MessageTopic::Name(topic.into()), payload)
+    }
+
+    fn json_to<T: Serialize + ?Sized>(topic: MessageTopic, payload: &T) -> Self {
         let payload = encode_json(payload).map_err(|e| e.to_string());
-        Self::with_payload(topic.into(), payload, None)
+        Self::with_payload(topic, payload, None)
     }
 
     /// A message with raw payload bytes of the given media type.
     pub fn bytes(topic: impl Into<String>, payload: impl Into<Bytes>, content_type: impl Into<String>) -> Self {
-        Self::with_payload(topic.into(), Ok(payload.into()), Some(content_type.into()))
+        Self::with_payload(
+            MessageTopic::Name(topic.into()),
+            Ok(payload.into()),
+            Some(content_type.into()),
+        )
     }
 
-    fn with_payload(topic: String, payload: Result<Bytes, String>, content_type: Option<String>) -> Self {
+    fn with_payload(topic: MessageTopic, payload: Result<Bytes, String>, content_type: Option<String>) -> Self {
         Message {
             topic,
             payload,
@@ -130,7 +160,10 @@ impl Message {
     }
 
     fn into_event(self, inner: &Inner, now: Timestamp) -> Result<(Event, metrics::Counter), PublishError> {
-        let (topic, published) = inner.intern(&self.topic)?;
+        let (topic, published) = match self.topic {
+            MessageTopic::Interned(topic, counter) => (topic, counter),
+            MessageTopic::Name(name) => inner.intern(&name)?,
+        };
         let payload = self
             .payload
             .map_err(|e| PublishError::Encode(serde::ser::Error::custom(e)))?;
@@ -140,7 +173,7 @@ impl Message {
             When::At(t) => t.max(now),
         };
         let parts = EventParts {
-            id: self.id.unwrap_or_default(),
+            id: self.id.unwrap_or_else(|| EventId::new_at(now)),
             topic,
             payload,
             content_type: self.content_type,
@@ -151,9 +184,9 @@ impl Message {
             deliver_at,
             expires_at: self.ttl.map(|ttl| deliver_at + ttl),
             key: self.key,
-            reply_to: self.reply_to,
+            reply_to: None,
         };
-        Ok((Event::from_parts(parts), published))
+        Ok((Event::from_parts_replying(parts, self.reply_to.as_ref()), published))
     }
 }
 
@@ -166,6 +199,15 @@ pub(crate) enum Room {
 }
 
 impl Inner {
+    /// The topic of a message published through this runtime, interned at once so that the message
+    /// carries no copy of the name. An invalid name is kept as given, for the publish to report.
+    fn message_topic(&self, name: &str) -> MessageTopic {
+        match self.intern(name) {
+            Ok((topic, counter)) => MessageTopic::Interned(topic, counter),
+            Err(_) => MessageTopic::Name(name.to_owned()),
+        }
+    }
+
     /// The interned topic for `name` and its publish counter. Interning shares one allocation
     /// per topic among all the events that carry it.
     fn intern(&self, name: &str) -> Result<(Topic, metrics::Counter), PublishError> {
@@ -187,16 +229,24 @@ impl Inner {
         Ok((topic, counter))
     }
 
-    async fn reserve(&self, room: Room) -> Result<(), PublishError> {
+    /// Whether a publish may go ahead at once; `reserve` waits (or fails) when it may not.
+    fn has_room(&self, room: Room) -> Result<bool, PublishError> {
         if room != Room::Ignore && self.closing.load(Ordering::Relaxed) {
             return Err(PublishError::ShuttingDown);
         }
         let Some(max) = self.max_pending.filter(|_| room != Room::Ignore) else {
-            return Ok(());
+            return Ok(true);
         };
-        if self.store.backlog().is_none_or(|n| n < max) {
+        Ok(self.store.backlog().is_none_or(|n| n < max))
+    }
+
+    async fn reserve(&self, room: Room) -> Result<(), PublishError> {
+        if self.has_room(room)? {
             return Ok(());
         }
+        let Some(max) = self.max_pending else {
+            return Ok(());
+        };
         let _waiting = super::RoomWaiter::new(self);
         loop {
             let notified = self.room.notified();
@@ -247,13 +297,36 @@ impl Inner {
         Ok(published)
     }
 
+    /// One message: what `publish_many` does for a batch of one, without its vectors.
     pub(crate) async fn publish_one(&self, message: Message, room: Room) -> Result<Published, PublishError> {
-        let mut out = self.publish_many(vec![message], room).await?;
-        out.pop().ok_or_else(|| {
-            PublishError::Store(crate::store::StoreError::Corrupt(
-                "the store returned no result for a published event".into(),
-            ))
-        })
+        // Waiting for room is rare: its future is boxed, with the message in it, so that neither
+        // makes every publish's future larger (each `.await` of it moves it).
+        let message = if self.has_room(room)? {
+            message
+        } else {
+            Box::pin(async move { self.reserve(room).await.map(|()| message) }).await?
+        };
+        let now = self.clock.now();
+        let (event, counter) = message.into_event(self, now)?;
+        let due_now = event.deliver_at() <= now;
+        let span = tracing::debug_span!("herald.publish", count = 1);
+        let published = if let Some(store) = self.store.immediate() {
+            // No future to box: the store answers at once.
+            let _in_span = span.enter();
+            store.publish_one_now(event, now)?
+        } else if span.is_disabled() {
+            self.store.publish_one(event).await?
+        } else {
+            self.store.publish_one(event).instrument(span).await?
+        };
+        if let Published::Stored { deliveries, .. } = published {
+            counter.increment(1);
+            if due_now && deliveries > 0 {
+                // Straight to the pool rather than through the store's wakeup and the timer.
+                self.notify_due();
+            }
+        }
+        Ok(published)
     }
 }
 
@@ -323,10 +396,12 @@ impl<'a> IntoFuture for Publish<'a> {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let published = self.herald.inner.publish_one(self.message, self.room).await?;
-            Ok(published.id())
-        })
+        // The publish's own future, mapped, rather than an async block around it: the block would
+        // hold the message a second time, and the whole future is moved into the box.
+        let publish = self.herald.inner.publish_one(self.message, self.room);
+        Box::pin(futures_util::FutureExt::map(publish, |published| {
+            published.map(|p| p.id())
+        }))
     }
 }
 
@@ -351,7 +426,7 @@ impl Herald {
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Publish<'_> {
         Publish {
             herald: self,
-            message: Message::json(topic, payload),
+            message: Message::json_to(self.inner.message_topic(topic), payload),
             room: Room::Wait,
         }
     }
@@ -361,7 +436,7 @@ impl Herald {
     pub fn try_publish<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Publish<'_> {
         Publish {
             herald: self,
-            message: Message::json(topic, payload),
+            message: Message::json_to(self.inner.message_topic(topic), payload),
             room: Room::Fail,
         }
     }
@@ -441,7 +516,7 @@ impl Herald {
     pub fn request<T: Serialize + ?Sized, R: DeserializeOwned>(&self, topic: &str, payload: &T) -> Request<'_, R> {
         Request {
             herald: self,
-            message: Message::json(topic, payload),
+            message: Message::json_to(self.inner.message_topic(topic), payload),
             timeout: Duration::from_secs(30),
             _reply: PhantomData,
         }
@@ -480,7 +555,7 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
             let topic = self.message.topic.clone();
             let mut message = self.message.ttl(self.timeout);
             message.id = Some(id);
-            message.reply_to = Some(inner.node.clone());
+            message.reply_to = Some(inner.reply_to.clone());
             let (tx, rx) = oneshot::channel();
             inner.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
             let published = match inner.publish_one(message, Room::Wait).await {
@@ -492,7 +567,10 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
             };
             if let Published::Stored { deliveries: 0, .. } = published {
                 inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                let topic = Topic::new(&topic).map_err(PublishError::from)?;
+                let topic = match topic {
+                    MessageTopic::Interned(topic, _) => topic,
+                    MessageTopic::Name(name) => Topic::new(&name).map_err(PublishError::from)?,
+                };
                 return Err(RequestError::NoHandler(topic));
             }
             match tokio::time::timeout(self.timeout, rx).await {

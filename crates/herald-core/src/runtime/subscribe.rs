@@ -53,6 +53,9 @@ pub(crate) struct LocalSub {
     pub(crate) demand: Demand,
     pub(crate) paused: AtomicBool,
     pub(crate) stop: CancellationToken,
+    /// Set with `stop` by `unsubscribe`: what the pool reads before each claim (reading a
+    /// `CancellationToken` takes its lock).
+    pub(crate) unsubscribed: AtomicBool,
     pub(crate) metrics: SubMetrics,
 }
 
@@ -187,6 +190,7 @@ impl SubscriptionBuilder<'_> {
             handler,
             paused: AtomicBool::new(false),
             stop: inner.stop_claiming.child_token(),
+            unsubscribed: AtomicBool::new(false),
         });
         {
             let mut subs = inner.subs.write().unwrap_or_else(|p| p.into_inner());
@@ -314,6 +318,7 @@ impl Subscription {
     /// ```
     pub async fn unsubscribe(self) -> Result<u64, crate::store::StoreError> {
         let inner = &self.herald.inner;
+        self.sub.unsubscribed.store(true, Ordering::SeqCst);
         self.sub.stop.cancel();
         inner
             .subs

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -46,6 +47,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 pub(crate) struct InFlight {
     count: AtomicUsize,
     idle: Notify,
+    /// Whether anyone waits in `idle()` (only shutdown does): otherwise reaching zero, which
+    /// happens after most bursts, would take `Notify`'s lock for nobody.
+    watched: std::sync::atomic::AtomicBool,
 }
 
 impl InFlight {
@@ -54,7 +58,7 @@ impl InFlight {
     }
 
     pub(crate) fn finish(&self) {
-        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.watched.load(Ordering::SeqCst) {
             self.idle.notify_waiters();
         }
     }
@@ -65,6 +69,9 @@ impl InFlight {
 
     /// Resolves once nothing is in flight.
     pub(crate) async fn idle(&self) {
+        // Before the count is read: a `finish` that sees it unset has already brought the count
+        // to what the read below sees.
+        self.watched.store(true, Ordering::SeqCst);
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
@@ -87,7 +94,13 @@ pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
         event_id = %job.claimed.event.id(),
         attempt = job.claimed.attempt,
     );
-    let finished = attempt(inner, job).instrument(span).await;
+    // Without a subscriber that wants the span, the attempt is not wrapped: wrapping moves its
+    // (large) future once more.
+    let finished = if span.is_disabled() {
+        attempt(inner, job).await
+    } else {
+        attempt(inner, job).instrument(span).await
+    };
     if finished.is_none() {
         inner.in_flight.finish();
     }
@@ -102,6 +115,13 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     let started_at = inner.clock.reading_at(started);
     let late_ms = started_at.millis_since(claimed.due).max(0);
     sub.metrics.lateness.record(late_ms as f64 / 1000.0);
+    // Claimed ahead of a free worker, it may have waited in the queue: a lease more than half
+    // spent is renewed before the handler starts, and a lease lost meanwhile gives the delivery up
+    // to the claim that took it.
+    let half_lease = i64::try_from(sub.lease.as_millis() / 2).unwrap_or(i64::MAX);
+    if claimed.lease_until.millis_since(started_at) < half_lease && !Box::pin(renew(inner, &sub, &claimed)).await {
+        return None;
+    }
 
     let deadline = sub.policy.timeout.map(|t| started + t);
     let ctx = Context::new(
@@ -114,14 +134,23 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     );
     let ended = match std::panic::catch_unwind(AssertUnwindSafe(|| (sub.handler)(claimed.event.clone(), ctx))) {
         Err(panic) => Ended::Panicked(panic_message(&*panic)),
-        Ok(fut) => supervise(inner, &sub, &claimed, fut, started, deadline).await,
+        Ok(fut) => {
+            let mut fut = AssertUnwindSafe(fut).catch_unwind();
+            // A handler that finishes in its first poll needs no timer: registering one (and
+            // removing it) is a measurable part of a quick handler's cost. Nor does it need the
+            // supervision's future, boxed for the handlers that wait.
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
+                Poll::Ready(r) => returned(r),
+                Poll::Pending => Box::pin(supervise(inner, &sub, &claimed, fut, started, deadline)).await,
+            }
+        }
     };
     drop(slot);
     let ended_at = Instant::now();
     let finished_at = inner.clock.reading_at(ended_at);
-    sub.metrics
-        .handle_time
-        .record(ended_at.saturating_duration_since(started).as_secs_f64());
+    let took = ended_at.saturating_duration_since(started);
+    sub.metrics.handle_time.record(took.as_secs_f64());
+    sub.demand.quick.store(took < super::pool::QUICK, Ordering::Relaxed);
 
     let verdict = judge(&sub, &claimed, ended, finished_at);
     match &verdict {
@@ -154,9 +183,13 @@ pub(crate) struct Finished {
     pub(crate) outcome: Outcome,
 }
 
-pub(crate) async fn after_recorded(inner: &Inner, done: Finished) {
+/// What follows a recorded outcome: answers a local requester and, for a death, announces it.
+/// Only a death has anything to await, so the rest is done here and the (rare) announcement is
+/// returned for the caller to box and await: the pool's futures stay small, which matters because
+/// each is moved at every `.await`.
+pub(crate) fn after_recorded(inner: &Inner, done: Finished) -> Option<BoxFuture<'_, ()>> {
     let Finished { claimed, outcome } = done;
-    let event = &claimed.event;
+    let event = claimed.event;
     if event.reply_to().is_some() {
         match &outcome.verdict {
             Verdict::Succeeded { reply } => inner.answer(event.id(), Answer::Reply(reply.clone().unwrap_or_default())),
@@ -164,17 +197,18 @@ pub(crate) async fn after_recorded(inner: &Inner, done: Finished) {
             _ => {}
         }
     }
-    if let Verdict::Dead { reason } = outcome.verdict {
-        let notice = DeadLetter {
-            event_id: event.id(),
-            delivery_id: claimed.lease.delivery,
-            topic: event.topic().clone(),
-            subscription: claimed.subscription.clone(),
-            attempts: claimed.attempt,
-            reason,
-        };
-        announce_death(inner, event, notice).await;
-    }
+    let Verdict::Dead { reason } = outcome.verdict else {
+        return None;
+    };
+    let notice = DeadLetter {
+        event_id: event.id(),
+        delivery_id: claimed.lease.delivery,
+        topic: event.topic().clone(),
+        subscription: claimed.subscription,
+        attempts: claimed.attempt,
+        reason,
+    };
+    Some(Box::pin(async move { announce_death(inner, &event, notice).await }))
 }
 
 /// Publishes `herald.event.dead` for a delivery of `event` that died (and `cron.task.failed` when
@@ -269,26 +303,39 @@ impl Herald {
     }
 }
 
-/// Drives the handler: catches its panic, applies the timeout, extends the lease while it runs,
-/// and stops it at a hard shutdown.
+/// Extends the lease of a delivery about to start; `false` when another claim took it.
+async fn renew(inner: &Inner, sub: &LocalSub, claimed: &Claimed) -> bool {
+    match inner.store.extend(&[claimed.lease], sub.lease).await {
+        Ok(held) => held.first() != Some(&false),
+        Err(e) => {
+            // As while a handler runs: the attempt goes on, and the outcome is fenced anyway.
+            tracing::warn!(error = %e, "herald: could not extend a lease; starting the attempt all the same");
+            true
+        }
+    }
+}
+
+/// A handler's future, its panics caught.
+type Handling = futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'static, AttemptResult>>>;
+
+/// How the handler's future ended.
+fn returned(r: Result<AttemptResult, Box<dyn Any + Send>>) -> Ended {
+    match r {
+        Ok(result) => Ended::Returned(result),
+        Err(panic) => Ended::Panicked(panic_message(&*panic)),
+    }
+}
+
+/// Drives a handler that did not finish in its first poll: catches its panic, applies the
+/// timeout, extends the lease while it runs, and stops it at a hard shutdown.
 async fn supervise(
     inner: &Inner,
     sub: &LocalSub,
     claimed: &Claimed,
-    fut: futures_util::future::BoxFuture<'static, AttemptResult>,
+    mut fut: Handling,
     started: Instant,
     deadline: Option<Instant>,
 ) -> Ended {
-    let mut fut = AssertUnwindSafe(fut).catch_unwind();
-    let returned = |r: Result<AttemptResult, Box<dyn Any + Send>>| match r {
-        Ok(result) => Ended::Returned(result),
-        Err(panic) => Ended::Panicked(panic_message(&*panic)),
-    };
-    // A handler that finishes in its first poll needs no timer: registering one (and removing it)
-    // is a measurable part of a quick handler's cost.
-    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
-        return returned(r);
-    }
     let timeout = sub.policy.timeout;
     let lease = sub.lease;
     let mut extend_at = started + lease / 2;

@@ -1,8 +1,9 @@
 //! The in-memory store: the fast path for an in-process bus. Not durable.
 //!
-//! Events live in a slab; each subscription keeps three heaps of slab references (scheduled by
-//! due time, ready by priority, leases by expiry). Heap entries are removed lazily: an entry is
-//! acted on only if the delivery it names is still in the state the entry was pushed for.
+//! Events live in a slab; each subscription keeps three collections of slab references (a heap of
+//! scheduled deliveries by due time, ready queues by priority, a queue of leases by expiry).
+//! Entries are removed lazily: an entry is acted on only if the delivery it names is still in the
+//! state the entry was pushed for.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
 use super::*;
-use crate::event::Priority;
+use crate::event::{IdHashState, Priority};
 use crate::topic::Topic;
 
 /// Builds a [`MemoryStore`].
@@ -58,7 +59,7 @@ impl MemoryStoreBuilder {
             wake: WakeupHub::with_clock(clock),
             clock,
             state: Mutex::new(State {
-                retain_for: self.retain_for,
+                retain_for_ms: i64::try_from(self.retain_for.as_millis()).unwrap_or(i64::MAX),
                 retain_max: self.retain_max,
                 ..State::default()
             }),
@@ -112,9 +113,21 @@ impl MemoryStore {
         self.backlog.store(state.counts.open(), Ordering::Relaxed);
         std::mem::take(&mut state.evicted)
     }
+}
 
-    fn wake(&self, w: Wakeup) {
-        self.wake.send(w);
+/// The due times a publish announces: the earliest due now and the earliest ahead, both, since
+/// "due now" alone would hide the later time from a timer with nothing else to wait for.
+#[derive(Default)]
+struct Announce {
+    now: Option<Timestamp>,
+    ahead: Option<Timestamp>,
+}
+
+impl MemoryStore {
+    fn announce(&self, wake: Announce, now: Timestamp) {
+        for t in [wake.now, wake.ahead].into_iter().flatten() {
+            self.wake.send_at(Wakeup::Due(t), now);
+        }
     }
 }
 
@@ -175,13 +188,49 @@ impl ReadyQueue {
     }
 }
 
+/// Leases by expiry: `(until, delivery, token)`, earliest first. A lease's end is the time of its
+/// claim or extension plus a length that is the same for every call of one runtime, so almost
+/// every push lands at the back, and pushes and pops are O(1) (a binary heap cost two hundred
+/// instructions per delivery); a push that ends earlier than the back is inserted in place.
+#[derive(Debug, Default)]
+struct LeaseQueue(VecDeque<(Timestamp, Ref, u64)>);
+
+impl LeaseQueue {
+    fn push(&mut self, until: Timestamp, at: Ref, token: u64) {
+        // By the end alone: leases that end in the same millisecond keep their order of arrival.
+        match self.0.back() {
+            Some(&(last, _, _)) if last > until => {
+                let i = self.0.partition_point(|&(u, _, _)| u <= until);
+                self.0.insert(i, (until, at, token));
+            }
+            _ => self.0.push_back((until, at, token)),
+        }
+    }
+
+    fn peek(&self) -> Option<&(Timestamp, Ref, u64)> {
+        self.0.front()
+    }
+
+    fn pop(&mut self) -> Option<(Timestamp, Ref, u64)> {
+        self.0.pop_front()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Timestamp, Ref, u64)> + '_ {
+        self.0.iter()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (Timestamp, Ref, u64)> + '_ {
+        self.0.drain(..)
+    }
+}
+
 #[derive(Debug)]
 struct Sub {
     spec: SubscriptionSpec,
     removed: bool,
     scheduled: BinaryHeap<Reverse<(Timestamp, Ref)>>,
     ready: ReadyQueue,
-    leases: BinaryHeap<Reverse<(Timestamp, Ref, u64)>>,
+    leases: LeaseQueue,
 }
 
 #[derive(Debug)]
@@ -198,16 +247,74 @@ struct Rec {
     finished_at: Option<Timestamp>,
 }
 
+/// A delivery: 64 bytes, inline in its event's record.
+///
+/// Its attempt history lives in `Detail::history`, except for the common case of a first
+/// attempt that is running or succeeded: while `history` is empty (or there is no `Detail`), that
+/// attempt is `started_at` and, once it succeeded, `until`. A claim then allocates nothing, and
+/// the history is written out the first time anything else happens to the delivery.
 #[derive(Debug)]
 struct D {
     id: DeliveryId,
-    sub: u32,
-    status: DeliveryStatus,
-    attempts: u32,
     due: Timestamp,
-    token: u64,
-    lease_until: Timestamp,
+    /// While active: when the lease runs out. Succeeded with its one attempt inline: when that
+    /// attempt ended.
+    until: Timestamp,
+    /// When the one inline attempt started (see above).
+    started_at: Timestamp,
     detail: Option<Box<Detail>>,
+    sub: u32,
+    attempts: u32,
+    /// The low half of the lease token of the current claim; the high half is the slot, which the
+    /// delivery's place in the slab already says.
+    token: u32,
+    status: DeliveryStatus,
+}
+
+impl D {
+    /// Whether the lease with this token holds the delivery.
+    fn leased_by(&self, token: u64) -> bool {
+        self.status == DeliveryStatus::Active && u64::from(self.token) == token & 0xffff_ffff
+    }
+
+    /// Whether the history is the inline attempt (if any) rather than `Detail::history`.
+    fn history_inline(&self) -> bool {
+        self.detail.as_ref().is_none_or(|x| x.history.is_empty())
+    }
+
+    /// The inline attempt, when the history is inline and an attempt started.
+    fn inline_attempt(&self) -> Option<Attempt> {
+        if !self.history_inline() || self.attempts == 0 {
+            return None;
+        }
+        let mut a = Attempt::started(self.attempts, self.started_at);
+        if self.status == DeliveryStatus::Succeeded {
+            a.finished_at = Some(self.until);
+            a.outcome = Some(AttemptOutcome::Succeeded);
+        }
+        Some(a)
+    }
+
+    /// The detail, made if there is none yet.
+    fn detail_mut(&mut self) -> &mut Detail {
+        self.detail.get_or_insert_with(Default::default)
+    }
+
+    /// The history, written out of the inline attempt first if need be.
+    fn history_mut(&mut self) -> &mut Vec<Attempt> {
+        let inline = self.inline_attempt();
+        let history = &mut self.detail_mut().history;
+        history.extend(inline);
+        history
+    }
+
+    /// A copy of the history.
+    fn history(&self) -> Vec<Attempt> {
+        match &self.detail {
+            Some(x) if !x.history.is_empty() => x.history.clone(),
+            _ => self.inline_attempt().into_iter().collect(),
+        }
+    }
 }
 
 /// An event's deliveries. Almost every event has one, kept inline: a separate allocation per event
@@ -284,7 +391,32 @@ impl IdIndex {
         if self.order.back().is_none_or(|(last, _)| last < id) {
             return None;
         }
-        self.order.binary_search_by(|(x, _)| x.cmp(id)).ok()
+        // Retention removes the oldest event, which is at the front.
+        if self.order.front().is_some_and(|(first, _)| first == id) {
+            return Some(0);
+        }
+        match self.near_back(id) {
+            Some(Ok(i)) => Some(i),
+            Some(Err(_)) => None,
+            None => self.order.binary_search_by(|(x, _)| x.cmp(id)).ok(),
+        }
+    }
+
+    /// Where `id` is, or would go (`Err`), if that is among the last few entries: ids made by
+    /// concurrent publishers reach the store a little out of order, so a new id is usually just
+    /// before the last one or two. `None`: look further.
+    fn near_back(&self, id: &EventId) -> Option<Result<usize, usize>> {
+        let len = self.order.len();
+        for i in (len.saturating_sub(8)..len).rev() {
+            let x = &self.order[i].0;
+            if x == id {
+                return Some(Ok(i));
+            }
+            if x < id {
+                return Some(Err(i + 1));
+            }
+        }
+        None
     }
 
     fn get(&self, id: &EventId) -> Option<u32> {
@@ -299,7 +431,10 @@ impl IdIndex {
     fn insert(&mut self, id: EventId, slot: u32) {
         match self.order.back() {
             Some(&(last, _)) if last >= id => {
-                let i = self.order.partition_point(|&(x, _)| x < id);
+                let i = match self.near_back(&id) {
+                    Some(Ok(i) | Err(i)) => i,
+                    None => self.order.partition_point(|&(x, _)| x < id),
+                };
                 if self.order.get(i).is_some_and(|&(x, s)| x == id && s == GONE) {
                     // The id of a removed event, published again.
                     self.order[i].1 = slot;
@@ -339,8 +474,9 @@ impl IdIndex {
 #[derive(Debug, Default)]
 struct State {
     subs: Vec<Sub>,
-    sub_ids: HashMap<SubscriptionName, u32>,
-    routes: HashMap<Topic, Arc<[u32]>>,
+    // Hashed like ids (a per-process seed), not with SipHash: a claim looks its subscription up.
+    sub_ids: HashMap<SubscriptionName, u32, IdHashState>,
+    routes: HashMap<Topic, Arc<[u32]>, IdHashState>,
     /// The last topic routed and its subscriptions.
     last_route: Option<(Topic, Arc<[u32]>)>,
     slots: Vec<Slot>,
@@ -353,7 +489,8 @@ struct State {
     counts: StatusCounts,
     unrouted: u64,
     next_token: u64,
-    retain_for: Duration,
+    /// How long finished events are kept, in milliseconds.
+    retain_for_ms: i64,
     retain_max: usize,
 }
 
@@ -500,7 +637,7 @@ impl State {
             let Some(s) = self.subs.get_mut(sub as usize) else {
                 return;
             };
-            let Some(&Reverse((until, at, token))) = s.leases.peek() else {
+            let Some(&(until, at, token)) = s.leases.peek() else {
                 return;
             };
             let live = self.holds_lease(at, token, until);
@@ -521,7 +658,7 @@ impl State {
             let d = &mut rec.deliveries[i];
             set_status(counts, d, DeliveryStatus::Pending);
             let due = d.due;
-            if let Some(last) = d.detail.as_mut().and_then(|x| x.history.last_mut()) {
+            if let Some(last) = d.history_mut().last_mut() {
                 last.finished_at = Some(now);
                 last.outcome = Some(AttemptOutcome::LeaseExpired);
                 last.error = Some("the lease ran out before an outcome was recorded".into());
@@ -535,7 +672,7 @@ impl State {
     fn holds_lease(&self, at: Ref, token: u64, until: Timestamp) -> bool {
         self.rec(at)
             .and_then(|rec| rec.deliveries.get(usize::from(at.idx)))
-            .is_some_and(|d| d.status == DeliveryStatus::Active && d.token == token && d.lease_until == until)
+            .is_some_and(|d| d.leased_by(token) && d.until == until)
     }
 
     /// Whether the scheduled entry `(due, at)` still names a delivery waiting for that time.
@@ -563,7 +700,7 @@ impl State {
         self.reclaim(sub, Timestamp::EPOCH);
         let scheduled = self.next_scheduled(sub);
         let s = self.subs.get(sub as usize)?;
-        let lease = s.leases.peek().map(|Reverse((until, _, _))| *until);
+        let lease = s.leases.peek().map(|(until, _, _)| *until);
         if scheduled.is_none_or(|t| t > after) && lease.is_none_or(|t| t > after) {
             return scheduled.into_iter().chain(lease).min();
         }
@@ -575,8 +712,8 @@ impl State {
         let leases = s
             .leases
             .iter()
-            .filter(|Reverse((until, at, token))| *until > after && self.holds_lease(*at, *token, *until))
-            .map(|Reverse((until, _, _))| *until);
+            .filter(|(until, at, token)| *until > after && self.holds_lease(*at, *token, *until))
+            .map(|(until, _, _)| *until);
         scheduled.chain(leases).min()
     }
 
@@ -621,10 +758,7 @@ impl State {
     }
 
     fn enforce_retention(&mut self, now: Timestamp) {
-        let cutoff = Timestamp::from_millis(
-            now.as_millis()
-                .saturating_sub(i64::try_from(self.retain_for.as_millis()).unwrap_or(i64::MAX)),
-        );
+        let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(self.retain_for_ms));
         while self.pop_finished(Some(cutoff)).is_some() {}
         while self.finished.len() > self.retain_max {
             if self.pop_finished(None).is_none() {
@@ -650,14 +784,164 @@ impl State {
                 if let Some(detail) = &d.detail {
                     r.last_error = detail.last_error.clone();
                     r.reply = detail.reply.clone();
-                    if with_attempts {
-                        r.attempts = detail.history.clone();
-                    }
+                }
+                if with_attempts {
+                    r.attempts = d.history();
                 }
                 r
             })
             .collect();
         Some(EventRecord::new(rec.event.clone(), deliveries))
+    }
+
+    /// Records one outcome; returns whether it was applied and what to announce.
+    fn apply(&mut self, o: Outcome, now: Timestamp) -> (Completion, Option<Wakeup>) {
+        let Some(at) = self.find_leased(&o.lease) else {
+            return (Completion::Stale, None);
+        };
+        let counts = &mut self.counts;
+        let Some((rec, i)) = delivery_mut(&mut self.slots, at) else {
+            return (Completion::Stale, None);
+        };
+        let answered = rec.event.reply_to().is_some().then(|| rec.event.id());
+        let priority = rec.event.priority();
+        let d = &mut rec.deliveries[i];
+        if !d.leased_by(o.lease.token) {
+            return (Completion::Stale, None);
+        }
+        let sub = d.sub;
+        enum Next {
+            Finished,
+            Scheduled(Timestamp),
+            Ready(Timestamp),
+        }
+        let (next, wakeup) = match o.verdict {
+            Verdict::Succeeded { reply } => {
+                if d.history_inline() {
+                    // The attempt stays inline: its end goes where the lease's was (see `D`).
+                    d.until = o.finished_at;
+                } else if let Some(a) = d.history_mut().last_mut() {
+                    a.finished_at = Some(o.finished_at);
+                    a.outcome = Some(AttemptOutcome::Succeeded);
+                }
+                if reply.is_some() {
+                    d.detail_mut().reply = reply;
+                }
+                set_status(counts, d, DeliveryStatus::Succeeded);
+                (Next::Finished, answered.map(Wakeup::Answered))
+            }
+            Verdict::Retry { at: due, error } => {
+                if let Some(a) = d.history_mut().last_mut() {
+                    a.finished_at = Some(o.finished_at);
+                    a.outcome = Some(AttemptOutcome::Failed);
+                    a.error = Some(error.clone());
+                }
+                d.detail_mut().last_error = Some(error);
+                d.due = due;
+                set_status(counts, d, DeliveryStatus::Retrying);
+                (Next::Scheduled(due), Some(Wakeup::Due(due)))
+            }
+            Verdict::Dead { reason } => {
+                if let Some(a) = d.history_mut().last_mut() {
+                    a.finished_at = Some(o.finished_at);
+                    a.outcome = Some(AttemptOutcome::Dead);
+                    a.error = Some(reason.clone());
+                }
+                d.detail_mut().last_error = Some(reason);
+                set_status(counts, d, DeliveryStatus::Dead);
+                (Next::Finished, answered.map(Wakeup::Answered))
+            }
+            Verdict::Released => {
+                d.history_mut().pop();
+                d.attempts = d.attempts.saturating_sub(1);
+                set_status(counts, d, DeliveryStatus::Pending);
+                (Next::Ready(d.due), Some(Wakeup::Due(d.due)))
+            }
+        };
+        match next {
+            Next::Finished => self.close_one(at, now),
+            Next::Scheduled(due) => {
+                if let Some(s) = self.subs.get_mut(sub as usize) {
+                    s.scheduled.push(Reverse((due, at)));
+                }
+            }
+            Next::Ready(due) => self.push_ready(at, sub, priority, due),
+        }
+        (Completion::Applied, wakeup)
+    }
+
+    /// Stores one event and fans it out; notes in `wake` the due time to announce. The first
+    /// delivery takes `first_id` if given (made before the lock was taken: an id reads the clock).
+    fn insert(&mut self, event: Event, first_id: Option<DeliveryId>, now: Timestamp, wake: &mut Announce) -> Published {
+        if let Some(&first) = event.key().and_then(|k| self.keys.get(k)) {
+            return Published::Duplicate { id: first };
+        }
+        // A publish retried with the same event id (a client that lost the answer) stores
+        // nothing new.
+        if self.by_id.contains(&event.id()) {
+            return Published::Duplicate { id: event.id() };
+        }
+        let routes = self.route(event.topic());
+        let id = event.id();
+        let due = event.deliver_at();
+        let immediate = due <= now;
+        let status = if immediate {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Scheduled
+        };
+        let mut first_id = first_id;
+        let deliveries: Fanout = routes
+            .iter()
+            .map(|&sub| D {
+                id: first_id.take().unwrap_or_else(|| DeliveryId::new_at(now)),
+                sub,
+                status,
+                attempts: 0,
+                due,
+                token: 0,
+                until: Timestamp::EPOCH,
+                started_at: Timestamp::EPOCH,
+                detail: None,
+            })
+            .collect();
+        let n = u32::try_from(deliveries.len()).unwrap_or(u32::MAX);
+        let key = event.key().map(str::to_owned);
+        let priority = event.priority();
+        let (slot, gen) = self.alloc(Rec {
+            event,
+            deliveries,
+            open: n,
+            finished_at: None,
+        });
+        self.by_id.insert(id, slot);
+        if let Some(key) = key {
+            self.keys.insert(key, id);
+        }
+        *self.counts.slot_mut(status) += u64::from(n);
+        for (idx, &sub) in routes.iter().enumerate() {
+            let at = Ref {
+                slot,
+                gen,
+                idx: u16::try_from(idx).unwrap_or(u16::MAX),
+            };
+            if immediate {
+                self.push_ready(at, sub, priority, due);
+            } else if let Some(s) = self.subs.get_mut(sub as usize) {
+                s.scheduled.push(Reverse((due, at)));
+            }
+        }
+        if n == 0 {
+            self.unrouted += 1;
+            if let Some(r) = self.slots[slot as usize].rec.as_mut() {
+                r.finished_at = Some(now);
+            }
+            self.finished.push_back((now, Ref { slot, gen, idx: 0 }));
+        } else {
+            let earliest = if immediate { &mut wake.now } else { &mut wake.ahead };
+            *earliest = Some(earliest.map_or(due, |e| e.min(due)));
+        }
+        Published::Stored { id, deliveries: n }
     }
 
     fn alloc(&mut self, rec: Rec) -> (u32, u32) {
@@ -672,10 +956,123 @@ impl State {
     }
 }
 
+/// Nothing in the memory store waits: its hot calls are made without a future.
+impl ImmediateStore for MemoryStore {
+    fn publish_one_now(&self, event: Event, now: Timestamp) -> Result<Published, StoreError> {
+        // Most events have one delivery: its id is made before the lock, to hold it shorter.
+        let first_id = DeliveryId::new_at(now);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut wake = Announce::default();
+        let out = st.insert(event, Some(first_id), now, &mut wake);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        self.announce(wake, now);
+        Ok(out)
+    }
+
+    fn claim_now(
+        &self,
+        subscription: &SubscriptionName,
+        max: usize,
+        lease: Duration,
+        into: &mut Vec<Claimed>,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let lease_until = now + lease;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let sub = st.sub_index(subscription)?;
+        st.reclaim(sub, now);
+        st.promote(sub, now);
+        let out = into;
+        let first = out.len();
+        let mut expired = Vec::new();
+        while out.len() - first < max {
+            let Some(s) = st.subs.get_mut(sub as usize) else { break };
+            let Some(at) = s.ready.pop() else { break };
+            // The token is the slot in its high half and a claim counter in its low half: unique
+            // per claim of a delivery (fencing), and it leads `complete` straight to the slot.
+            st.next_token = st.next_token.wrapping_add(1);
+            let token = (u64::from(at.slot) << 32) | (st.next_token & 0xffff_ffff);
+            let counts = &mut st.counts;
+            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+                continue;
+            };
+            if rec.deliveries[i].status != DeliveryStatus::Pending {
+                continue;
+            }
+            if rec.event.is_expired_at(now) {
+                set_status(counts, &mut rec.deliveries[i], DeliveryStatus::Expired);
+                expired.push(at);
+                continue;
+            }
+            let d = &mut rec.deliveries[i];
+            set_status(counts, d, DeliveryStatus::Active);
+            let attempt = d.attempts + 1;
+            if attempt == 1 && d.history_inline() {
+                // The common case: no allocation (see `D`).
+                d.started_at = now;
+            } else {
+                d.history_mut().push(Attempt::started(attempt, now));
+            }
+            d.attempts = attempt;
+            d.token = token as u32;
+            d.until = lease_until;
+            out.push(Claimed::new(
+                Lease { delivery: d.id, token },
+                lease_until,
+                subscription.clone(),
+                rec.event.clone(),
+                d.attempts,
+                d.due,
+            ));
+            if let Some(s) = st.subs.get_mut(sub as usize) {
+                s.leases.push(lease_until, at, token);
+            }
+        }
+        if !expired.is_empty() {
+            metrics::counter!("herald_deliveries_expired_total").increment(expired.len() as u64);
+        }
+        for at in expired {
+            st.close_one(at, now);
+        }
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        Ok(())
+    }
+
+    fn complete_one_now(
+        &self,
+        outcome: Outcome,
+        answered_here: bool,
+        now: Timestamp,
+    ) -> Result<Completion, StoreError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let (done, wakeup) = st.apply(outcome, now);
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        match wakeup {
+            Some(Wakeup::Answered(_)) if answered_here => {}
+            Some(w) => self.wake.send_at(w, now),
+            None => {}
+        }
+        Ok(done)
+    }
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     fn clock(&self) -> Clock {
         self.clock
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        Some(self)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -695,7 +1092,7 @@ impl Store for MemoryStore {
                     removed: false,
                     scheduled: BinaryHeap::new(),
                     ready: ReadyQueue::default(),
-                    leases: BinaryHeap::new(),
+                    leases: LeaseQueue::default(),
                 });
                 st.sub_ids.insert(subscription.name.clone(), i);
             }
@@ -722,11 +1119,7 @@ impl Store for MemoryStore {
             .into_iter()
             .map(|Reverse((_, at))| at)
             .chain(sub.ready.drain())
-            .chain(
-                std::mem::take(&mut sub.leases)
-                    .into_iter()
-                    .map(|Reverse((_, at, _))| at),
-            )
+            .chain(sub.leases.drain().map(|(_, at, _)| at))
             .collect();
         let mut ended = Vec::new();
         for at in refs {
@@ -755,91 +1148,19 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut out = Vec::with_capacity(events.len());
-        // The earliest due now and the earliest ahead, both announced: "due now" alone would hide
-        // the later time from a timer with nothing else to wait for.
-        let (mut earliest_now, mut earliest_ahead): (Option<Timestamp>, Option<Timestamp>) = (None, None);
+        let mut wake = Announce::default();
         for event in events {
-            if let Some(&first) = event.key().and_then(|k| st.keys.get(k)) {
-                out.push(Published::Duplicate { id: first });
-                continue;
-            }
-            // A publish retried with the same event id (a client that lost the answer) stores
-            // nothing new.
-            if st.by_id.contains(&event.id()) {
-                out.push(Published::Duplicate { id: event.id() });
-                continue;
-            }
-            let routes = st.route(event.topic());
-            let id = event.id();
-            let due = event.deliver_at();
-            let immediate = due <= now;
-            let status = if immediate {
-                DeliveryStatus::Pending
-            } else {
-                DeliveryStatus::Scheduled
-            };
-            let deliveries: Fanout = routes
-                .iter()
-                .map(|&sub| D {
-                    id: DeliveryId::new(),
-                    sub,
-                    status,
-                    attempts: 0,
-                    due,
-                    token: 0,
-                    lease_until: Timestamp::EPOCH,
-                    detail: None,
-                })
-                .collect();
-            let n = u32::try_from(deliveries.len()).unwrap_or(u32::MAX);
-            let key = event.key().map(str::to_owned);
-            let priority = event.priority();
-            let (slot, gen) = st.alloc(Rec {
-                event,
-                deliveries,
-                open: n,
-                finished_at: None,
-            });
-            st.by_id.insert(id, slot);
-            if let Some(key) = key {
-                st.keys.insert(key, id);
-            }
-            *st.counts.slot_mut(status) += u64::from(n);
-            for (idx, &sub) in routes.iter().enumerate() {
-                let at = Ref {
-                    slot,
-                    gen,
-                    idx: u16::try_from(idx).unwrap_or(u16::MAX),
-                };
-                if immediate {
-                    st.push_ready(at, sub, priority, due);
-                } else if let Some(s) = st.subs.get_mut(sub as usize) {
-                    s.scheduled.push(Reverse((due, at)));
-                }
-            }
-            if n == 0 {
-                st.unrouted += 1;
-                if let Some(r) = st.slots[slot as usize].rec.as_mut() {
-                    r.finished_at = Some(now);
-                }
-                st.finished.push_back((now, Ref { slot, gen, idx: 0 }));
-            } else {
-                let slot = if immediate {
-                    &mut earliest_now
-                } else {
-                    &mut earliest_ahead
-                };
-                *slot = Some(slot.map_or(due, |e| e.min(due)));
-            }
-            out.push(Published::Stored { id, deliveries: n });
+            out.push(st.insert(event, None, now, &mut wake));
         }
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        for t in [earliest_now, earliest_ahead].into_iter().flatten() {
-            self.wake(Wakeup::Due(t));
-        }
+        self.announce(wake, now);
         Ok(out)
+    }
+
+    async fn publish_one(&self, event: Event) -> Result<Published, StoreError> {
+        self.publish_one_now(event, self.clock.now())
     }
 
     async fn claim(
@@ -848,64 +1169,8 @@ impl Store for MemoryStore {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let now = self.clock.now();
-        let lease_until = now + lease;
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let sub = st.sub_index(subscription)?;
-        st.reclaim(sub, now);
-        st.promote(sub, now);
         let mut out = Vec::with_capacity(max.min(64));
-        let mut expired = Vec::new();
-        while out.len() < max {
-            let Some(s) = st.subs.get_mut(sub as usize) else { break };
-            let Some(at) = s.ready.pop() else { break };
-            // The token is the slot in its high half and a claim counter in its low half: unique
-            // per claim of a delivery (fencing), and it leads `complete` straight to the slot.
-            st.next_token = st.next_token.wrapping_add(1);
-            let token = (u64::from(at.slot) << 32) | (st.next_token & 0xffff_ffff);
-            let counts = &mut st.counts;
-            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
-                continue;
-            };
-            if rec.deliveries[i].status != DeliveryStatus::Pending {
-                continue;
-            }
-            if rec.event.is_expired_at(now) {
-                set_status(counts, &mut rec.deliveries[i], DeliveryStatus::Expired);
-                expired.push(at);
-                continue;
-            }
-            let d = &mut rec.deliveries[i];
-            set_status(counts, d, DeliveryStatus::Active);
-            d.attempts += 1;
-            d.token = token;
-            d.lease_until = lease_until;
-            d.detail
-                .get_or_insert_with(Default::default)
-                .history
-                .push(Attempt::started(d.attempts, now));
-            out.push(Claimed::new(
-                Lease { delivery: d.id, token },
-                lease_until,
-                subscription.clone(),
-                rec.event.clone(),
-                d.attempts,
-                d.due,
-            ));
-            if let Some(s) = st.subs.get_mut(sub as usize) {
-                s.leases.push(Reverse((lease_until, at, token)));
-            }
-        }
-        if !expired.is_empty() {
-            metrics::counter!("herald_deliveries_expired_total").increment(expired.len() as u64);
-        }
-        for at in expired {
-            st.close_one(at, now);
-        }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
+        self.claim_now(subscription, max, lease, &mut out)?;
         Ok(out)
     }
 
@@ -920,13 +1185,13 @@ impl Store for MemoryStore {
                 Some(at) => {
                     let sub = delivery_mut(&mut st.slots, at).and_then(|(rec, i)| {
                         let d = &mut rec.deliveries[i];
-                        (d.status == DeliveryStatus::Active && d.token == l.token).then(|| {
-                            d.lease_until = until;
+                        d.leased_by(l.token).then(|| {
+                            d.until = until;
                             d.sub
                         })
                     });
                     if let Some(s) = sub.and_then(|s| st.subs.get_mut(s as usize)) {
-                        s.leases.push(Reverse((until, at, l.token)));
+                        s.leases.push(until, at, l.token);
                     }
                     sub.is_some()
                 }
@@ -944,90 +1209,21 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(outcomes.len());
         let mut wakeups = Vec::new();
         for o in outcomes {
-            let Some(at) = st.find_leased(&o.lease) else {
-                out.push(Completion::Stale);
-                continue;
-            };
-            let counts = &mut st.counts;
-            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
-                out.push(Completion::Stale);
-                continue;
-            };
-            let answered = rec.event.reply_to().is_some().then(|| rec.event.id());
-            let priority = rec.event.priority();
-            let d = &mut rec.deliveries[i];
-            if d.status != DeliveryStatus::Active || d.token != o.lease.token {
-                out.push(Completion::Stale);
-                continue;
-            }
-            let sub = d.sub;
-            let detail = d.detail.get_or_insert_with(Default::default);
-            let attempt = detail.history.last_mut();
-            enum Next {
-                Finished,
-                Scheduled(Timestamp),
-                Ready(Timestamp),
-            }
-            let next = match o.verdict {
-                Verdict::Succeeded { reply } => {
-                    if let Some(a) = attempt {
-                        a.finished_at = Some(o.finished_at);
-                        a.outcome = Some(AttemptOutcome::Succeeded);
-                    }
-                    detail.reply = reply;
-                    set_status(counts, d, DeliveryStatus::Succeeded);
-                    wakeups.extend(answered.map(Wakeup::Answered));
-                    Next::Finished
-                }
-                Verdict::Retry { at: due, error } => {
-                    if let Some(a) = attempt {
-                        a.finished_at = Some(o.finished_at);
-                        a.outcome = Some(AttemptOutcome::Failed);
-                        a.error = Some(error.clone());
-                    }
-                    detail.last_error = Some(error);
-                    d.due = due;
-                    set_status(counts, d, DeliveryStatus::Retrying);
-                    wakeups.push(Wakeup::Due(due));
-                    Next::Scheduled(due)
-                }
-                Verdict::Dead { reason } => {
-                    if let Some(a) = attempt {
-                        a.finished_at = Some(o.finished_at);
-                        a.outcome = Some(AttemptOutcome::Dead);
-                        a.error = Some(reason.clone());
-                    }
-                    detail.last_error = Some(reason);
-                    set_status(counts, d, DeliveryStatus::Dead);
-                    wakeups.extend(answered.map(Wakeup::Answered));
-                    Next::Finished
-                }
-                Verdict::Released => {
-                    detail.history.pop();
-                    d.attempts = d.attempts.saturating_sub(1);
-                    set_status(counts, d, DeliveryStatus::Pending);
-                    wakeups.push(Wakeup::Due(d.due));
-                    Next::Ready(d.due)
-                }
-            };
-            match next {
-                Next::Finished => st.close_one(at, now),
-                Next::Scheduled(due) => {
-                    if let Some(s) = st.subs.get_mut(sub as usize) {
-                        s.scheduled.push(Reverse((due, at)));
-                    }
-                }
-                Next::Ready(due) => st.push_ready(at, sub, priority, due),
-            }
-            out.push(Completion::Applied);
+            let (done, wakeup) = st.apply(o, now);
+            out.push(done);
+            wakeups.extend(wakeup);
         }
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
         for w in wakeups {
-            self.wake(w);
+            self.wake.send_at(w, now);
         }
         Ok(out)
+    }
+
+    async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
+        self.complete_one_now(outcome, false, self.clock.now())
     }
 
     async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {
@@ -1097,7 +1293,7 @@ impl Store for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        self.wake(Wakeup::Due(now));
+        self.wake.send_at(Wakeup::Due(now), now);
         Ok(Requeued::Requeued)
     }
 

@@ -68,6 +68,44 @@ pub enum Wakeup {
     Lagged,
 }
 
+/// The hot calls of a store that never waits (one in this process, such as [`MemoryStore`]), made
+/// without a future: the runtime uses them, through [`Store::immediate`], instead of boxing a
+/// future per call. Each does what the [`Store`] method of the same name does. Where a call takes
+/// `now`, it is the time by the store's [`clock`](Store::clock) as the caller just read it (the
+/// runtime has always read it for the same step: the store does not read it again).
+///
+/// ```
+/// use herald_core::{Event, EventParts, MemoryStore, Published, Store, Topic};
+///
+/// let store = MemoryStore::new();
+/// let direct = store.immediate().ok_or("the memory store never waits")?;
+/// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, "7"));
+/// let id = event.id();
+/// let now = store.clock().now();
+/// assert_eq!(direct.publish_one_now(event, now)?, Published::Stored { id, deliveries: 0 });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait ImmediateStore: Send + Sync {
+    /// [`Store::publish_one`].
+    fn publish_one_now(&self, event: Event, now: Timestamp) -> Result<Published, StoreError>;
+
+    /// [`Store::claim`], appending the claimed deliveries to `into` (a buffer the caller reuses:
+    /// a claim's vector of 16 or more deliveries is a large allocation).
+    fn claim_now(
+        &self,
+        subscription: &SubscriptionName,
+        max: usize,
+        lease: Duration,
+        into: &mut Vec<Claimed>,
+    ) -> Result<(), StoreError>;
+
+    /// [`Store::complete_one`]. With `answered_here`, the caller hands a request's answer to its
+    /// waiter itself (the waiter is in the caller's runtime, so in no other), and the store
+    /// announces the answer to no listener: [`Wakeup::Answered`] is for requesters elsewhere.
+    fn complete_one_now(&self, outcome: Outcome, answered_here: bool, now: Timestamp)
+        -> Result<Completion, StoreError>;
+}
+
 /// Where events, deliveries and history live. See the [module docs](self).
 ///
 /// Implementations must be safe to share between tasks and, for durable stores, between processes:
@@ -76,6 +114,12 @@ pub enum Wakeup {
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The clock the store judges due times and leases by. The runtime sleeps by it.
     fn clock(&self) -> Clock;
+
+    /// This store's calls that complete without waiting, if it has them (see [`ImmediateStore`]).
+    /// The default: none, every call goes through its future.
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        None
+    }
 
     /// What this store can do.
     fn capabilities(&self) -> Capabilities;
@@ -98,6 +142,26 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// became of each. Durable before it returns. An event whose key is held by a live event is
     /// not stored: its entry is [`Published::Duplicate`] with the first event's id.
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError>;
+
+    /// Stores one event: [`publish`](Store::publish) of a batch of one, which a store may answer
+    /// without the batch's vectors. The default calls `publish`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use herald_core::{Event, EventParts, MemoryStore, Published, Store, Topic};
+    /// let store = MemoryStore::new();
+    /// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, "7"));
+    /// let id = event.id();
+    /// // No subscription is declared: the event is stored unrouted.
+    /// assert_eq!(store.publish_one(event).await?, Published::Stored { id, deliveries: 0 });
+    /// # Ok(()) }
+    /// ```
+    async fn publish_one(&self, event: Event) -> Result<Published, StoreError> {
+        self.publish(vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("the store returned no result for a published event".into()))
+    }
 
     /// Leases up to `max` deliveries of `subscription` that are due (or whose lease ran out), by
     /// priority (highest first) then due time. Deliveries of expired events are marked
@@ -122,6 +186,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// When a claim takes a delivery whose lease ran out, the store records the abandoned attempt
     /// as [`AttemptOutcome::LeaseExpired`], finished at the time of that claim.
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError>;
+
+    /// Records one outcome: [`complete`](Store::complete) of a batch of one, which a store may
+    /// answer without the batch's vectors. The default calls `complete`.
+    async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
+        self.complete(vec![outcome])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("the store returned no result for an outcome".into()))
+    }
 
     /// Ends every delivery of the event that has not started (scheduled, pending or retrying) with
     /// the given status (cancelled or expired).

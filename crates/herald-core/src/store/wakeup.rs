@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use futures_util::stream::{self, BoxStream};
 use tokio::sync::Notify;
@@ -49,7 +49,8 @@ struct Listener {
 /// # }
 /// ```
 pub struct WakeupHub {
-    listeners: Mutex<Vec<Weak<Listener>>>,
+    /// Read by every send; written only to add a listener or drop those that are gone.
+    listeners: RwLock<Vec<Weak<Listener>>>,
     clock: Clock,
 }
 
@@ -81,28 +82,66 @@ impl WakeupHub {
     /// ```
     pub fn with_clock(clock: Clock) -> Self {
         WakeupHub {
-            listeners: Mutex::new(Vec::new()),
+            listeners: RwLock::new(Vec::new()),
             clock,
         }
     }
 
     /// Tells every listener.
     pub fn send(&self, wakeup: Wakeup) {
-        let now = self.clock.now();
-        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        listeners.retain(|weak| {
-            let Some(l) = weak.upgrade() else { return false };
-            match wakeup {
+        self.send_at(wakeup, self.clock.now());
+    }
+
+    /// Tells every listener, with the time now as the caller just read it from the hub's clock (a
+    /// store that read it for the change it announces), so the hub does not read it again.
+    ///
+    /// A listener that has not yet taken an earlier time of the same kind is not woken again: it
+    /// takes the earliest of them when it wakes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use futures_util::StreamExt;
+    /// use herald_core::{store::WakeupHub, Clock, Wakeup};
+    ///
+    /// let clock = Clock::new();
+    /// let hub = WakeupHub::with_clock(clock);
+    /// let mut listener = hub.subscribe();
+    /// let now = clock.now();
+    /// hub.send_at(Wakeup::Due(now), now);
+    /// assert_eq!(listener.next().await, Some(Wakeup::Due(now)));
+    /// # }
+    /// ```
+    pub fn send_at(&self, wakeup: Wakeup, now: Timestamp) {
+        let mut gone = false;
+        for weak in self.listeners.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let Some(l) = weak.upgrade() else {
+                gone = true;
+                continue;
+            };
+            // Whether the listener is already due to look: it was woken for something it has not
+            // taken yet, and will see this with it.
+            let pending = match wakeup {
                 Wakeup::Due(t) => {
                     let slot = if t <= now { &l.due_now } else { &l.ahead };
-                    slot.fetch_min(t.as_millis(), Ordering::AcqRel);
+                    slot.fetch_min(t.as_millis(), Ordering::AcqRel) != i64::MAX
                 }
-                Wakeup::Answered(id) => l.answered.lock().unwrap_or_else(|p| p.into_inner()).push_back(id),
-                Wakeup::Lagged => l.lagged.store(true, Ordering::Release),
+                Wakeup::Answered(id) => {
+                    let mut answered = l.answered.lock().unwrap_or_else(|p| p.into_inner());
+                    answered.push_back(id);
+                    answered.len() > 1
+                }
+                Wakeup::Lagged => l.lagged.swap(true, Ordering::AcqRel),
+            };
+            if !pending {
+                l.notify.notify_one();
             }
-            l.notify.notify_one();
-            true
-        });
+        }
+        if gone {
+            self.listeners
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|weak| weak.strong_count() > 0);
+        }
     }
 
     /// A new listener: a stream of what was sent after this call.
@@ -116,7 +155,7 @@ impl WakeupHub {
             notify: Notify::new(),
         });
         self.listeners
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::downgrade(&listener));
         Box::pin(stream::unfold(listener, |l| async move {

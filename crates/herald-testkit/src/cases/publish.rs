@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{DeliveryStatus, Event, EventStatus, Headers, Priority, Published, Store, StoreError};
+use herald_core::{
+    AttemptOutcome, Completion, DeliveryStatus, Event, EventStatus, Headers, Outcome, Priority, Published, Store,
+    StoreError, Verdict,
+};
 
 use crate::fixture::{claim, claim_one, declare, delivery, event, publish, record};
 
@@ -144,5 +147,63 @@ pub async fn events_round_trip_every_field<S: Store + ?Sized>(store: &S) -> Resu
     assert_eq!(c.event, sent, "claim hands out the event as published");
     assert_eq!(c.event.payload(), sent.payload(), "the payload bytes survive");
     assert_eq!(c.event.headers(), sent.headers(), "headers survive in order");
+    Ok(())
+}
+
+/// `publish_one` and `complete_one` (one event, one outcome: what the runtime sends for a single
+/// publish and a single finished attempt) do what `publish` and `complete` do with a batch of one:
+/// fan-out, unrouted events, idempotency keys, and outcomes fenced by the lease token.
+pub async fn single_publish_and_outcome_act_as_batches_of_one<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
+    let sub = declare(store, "single", "order.*").await?;
+    let mut first = event(store, "order.paid");
+    first.key = Some("order-7".into());
+    let first = Event::from_parts(first);
+    assert_eq!(
+        store.publish_one(first.clone()).await?,
+        Published::Stored {
+            id: first.id(),
+            deliveries: 1
+        },
+        "a matching subscription gets a delivery"
+    );
+    let mut again = event(store, "order.paid");
+    again.key = Some("order-7".into());
+    assert_eq!(
+        store.publish_one(Event::from_parts(again)).await?,
+        Published::Duplicate { id: first.id() },
+        "a held key returns the first event's id"
+    );
+    let unrouted = Event::from_parts(event(store, "invoice.sent"));
+    assert_eq!(
+        store.publish_one(unrouted.clone()).await?,
+        Published::Stored {
+            id: unrouted.id(),
+            deliveries: 0
+        },
+        "an event no pattern matches is stored unrouted"
+    );
+
+    let c = claim_one(store, &sub, "the published order").await?;
+    assert_eq!(c.event.id(), first.id());
+    let outcome = Outcome {
+        lease: c.lease,
+        finished_at: store.clock().now(),
+        verdict: Verdict::Succeeded { reply: None },
+    };
+    assert_eq!(store.complete_one(outcome.clone()).await?, Completion::Applied);
+    let rec = record(store, first.id()).await?;
+    assert_eq!(rec.status, EventStatus::Succeeded);
+    let d = delivery(&rec, &sub);
+    assert_eq!(d.attempts.len(), 1, "one attempt in the history: {d:?}");
+    assert_eq!(d.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+    assert_eq!(d.attempts[0].finished_at, Some(outcome.finished_at));
+
+    let c2 = claim(store, &sub, 1).await?;
+    assert!(c2.is_empty(), "a succeeded delivery is not handed out again");
+    assert_eq!(
+        store.complete_one(outcome).await?,
+        Completion::Stale,
+        "a second outcome for a finished attempt changes nothing"
+    );
     Ok(())
 }

@@ -1,0 +1,126 @@
+//! A deterministic workload for profiling the in-process bus (e.g. under
+//! `valgrind --tool=callgrind`): the bench's throughput case (8 publisher tasks, each awaiting one
+//! `publish` at a time, a no-op typed handler counting the events) or its request/reply case (32
+//! requester tasks), on the runtime a user gets from `Herald::builder()` with a `MemoryStore`
+//! (history, metrics, leases, system events all on; `workers(32)`).
+//!
+//! `PROFILE_EVENTS` sets N (default 20000); `PROFILE_CASE=rr` runs request/reply instead;
+//! `PROFILE_THREADS` sets the tokio worker threads (default 1: a current-thread runtime, the most
+//! repeatable under callgrind). Run it twice with different N and divide the difference in
+//! instructions by the difference in N for the cost per event, free of start-up.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_core::{Context, HandlerError, Herald, MemoryStore};
+use tokio::sync::Notify;
+
+const WORKERS: usize = 32;
+const PUBLISHERS: u64 = 8;
+const REQUESTERS: u64 = 32;
+
+fn main() {
+    let n: u64 = std::env::var("PROFILE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let threads: usize = std::env::var("PROFILE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let rr = std::env::var("PROFILE_CASE").as_deref() == Ok("rr");
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .unwrap();
+    rt.block_on(async {
+        let herald = Herald::builder()
+            .store(MemoryStore::new())
+            .workers(WORKERS)
+            .max_pending(1_000_000)
+            .build()
+            .await
+            .unwrap();
+        let start = Instant::now();
+        if rr {
+            request_reply(&herald, n).await;
+        } else {
+            throughput(&herald, n).await;
+        }
+        println!(
+            "{} {n}: {:?}",
+            if rr { "request/reply" } else { "publish" },
+            start.elapsed()
+        );
+        herald.shutdown(Duration::from_secs(10)).await;
+    });
+}
+
+async fn throughput(herald: &Herald, n: u64) {
+    let count = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (c, d) = (count.clone(), done.clone());
+    herald
+        .subscribe("sink", "bench.tick")
+        .handle(move |_: u64, _ctx: Context| {
+            let (c, d) = (c.clone(), d.clone());
+            async move {
+                if c.fetch_add(1, Ordering::AcqRel) + 1 == n {
+                    d.notify_one();
+                }
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let herald = herald.clone();
+            tokio::spawn(async move {
+                for i in (p..n).step_by(PUBLISHERS as usize) {
+                    herald.publish("bench.tick", &i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let notified = done.notified();
+    if count.load(Ordering::Acquire) < n {
+        notified.await;
+    }
+}
+
+async fn request_reply(herald: &Herald, n: u64) {
+    herald
+        .subscribe("rpc", "bench.rpc")
+        .handle(|n: u64, _ctx: Context| async move { Ok::<_, HandlerError>(n + 1) })
+        .await
+        .unwrap();
+    let requesters: Vec<_> = (0..REQUESTERS)
+        .map(|r| {
+            let herald = herald.clone();
+            tokio::spawn(async move {
+                for i in (r..n).step_by(REQUESTERS as usize) {
+                    let got: u64 = herald
+                        .request("bench.rpc", &i)
+                        .timeout(Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    assert_eq!(got, i + 1);
+                }
+            })
+        })
+        .collect();
+    for r in requesters {
+        r.await.unwrap();
+    }
+}
