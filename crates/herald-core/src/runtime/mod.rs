@@ -262,7 +262,9 @@ impl HeraldBuilder {
             .unwrap_or_else(|| format!("pid-{}-{:08x}", std::process::id(), fastrand::u32(..)))
             .into();
         let node: Arc<str> = node;
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let inner = Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             reply_to: crate::event::ReplyTo::new(node.clone()),
             wakeups: Mutex::new(Some(store.wakeups())),
             store,
@@ -316,6 +318,8 @@ pub(crate) enum Answer {
 }
 
 pub(crate) struct Inner {
+    /// Unique among the runtimes of the process (a key of per-thread caches).
+    pub(crate) id: u64,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Clock,
     pub(crate) node: Arc<str>,

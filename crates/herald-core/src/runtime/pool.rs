@@ -2,10 +2,12 @@
 //!
 //! A worker with nothing to run takes a claimed delivery from the shared queue or, when the queue
 //! is empty, claims for a subscription that has due work and free capacity: as many deliveries as
-//! there are idle workers plus itself, the first for itself and the rest queued for the idle
-//! workers, which it wakes. Outcomes are recorded by combining: a worker that finishes while no
-//! record is under way records its own outcome and every one that arrives meanwhile, in one store
-//! call (one transaction, one fsync in a durable store); the others hand theirs over and go on.
+//! there are idle workers plus itself (at least `AHEAD` when the subscription's handler is quick),
+//! the first for itself and the rest queued for the idle workers, which it wakes. Wakes coalesce:
+//! until a worker looks for work, one wake stands for all. Outcomes are recorded by combining: a
+//! worker that finishes while no record is under way records its own outcome, then every one that
+//! arrived meanwhile in one store call (one transaction, one fsync in a durable store); the others
+//! hand theirs over and go on.
 //!
 //! There is no dispatcher and no completer task: a delivery goes from a publisher's wakeup to the
 //! worker that runs it, and from the worker to the store, without another task in between.

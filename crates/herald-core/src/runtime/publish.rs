@@ -190,6 +190,13 @@ impl Message {
     }
 }
 
+thread_local! {
+    /// The topic this thread last published to, with the id of the runtime that interned it: a
+    /// run of publishes to one topic (the common case) is interned without the shared map, whose
+    /// lock every publishing thread takes.
+    static LAST_TOPIC: std::cell::RefCell<Option<(u64, Topic, metrics::Counter)>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Whether a publish waits for room, fails when there is none, or ignores the bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Room {
@@ -211,6 +218,25 @@ impl Inner {
     /// The interned topic for `name` and its publish counter. Interning shares one allocation
     /// per topic among all the events that carry it.
     fn intern(&self, name: &str) -> Result<(Topic, metrics::Counter), PublishError> {
+        let last = LAST_TOPIC.with(|last| {
+            let last = last.try_borrow().ok()?;
+            let (runtime, topic, counter) = last.as_ref()?;
+            (*runtime == self.id && topic.as_str() == name).then(|| (topic.clone(), counter.clone()))
+        });
+        if let Some(hit) = last {
+            return Ok(hit);
+        }
+        let (topic, counter) = self.intern_shared(name)?;
+        LAST_TOPIC.with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some((self.id, topic.clone(), counter.clone()));
+            }
+        });
+        Ok((topic, counter))
+    }
+
+    /// `intern` through the runtime's map of topics.
+    fn intern_shared(&self, name: &str) -> Result<(Topic, metrics::Counter), PublishError> {
         if let Some((t, c)) = self
             .topics
             .read()
