@@ -128,7 +128,10 @@ impl Message {
         self
     }
 
-    /// Its priority (default: [`Priority::NORMAL`]).
+    /// Its priority (default: [`Priority::NORMAL`]). Among due deliveries of one subscription,
+    /// higher priority is claimed first, then earlier due time. A subscription whose handlers
+    /// take under a millisecond claims up to 16 deliveries ahead, so a delivery published after
+    /// such a claim may wait behind those few quick ones.
     pub fn priority(mut self, p: Priority) -> Self {
         self.priority = p;
         self
