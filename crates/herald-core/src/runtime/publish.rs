@@ -131,8 +131,8 @@ impl Message {
     /// Its priority (default: [`Priority::NORMAL`]). Among due deliveries of one subscription,
     /// higher priority is claimed first, then earlier due time. A subscription whose handlers
     /// take under a millisecond claims deliveries ahead (16 or more at a time, within its
-    /// concurrency limit), so a delivery published after
-    /// such a claim may wait behind those few quick ones.
+    /// concurrency limit), so a delivery published after such a claim may wait behind those
+    /// quick ones.
     pub fn priority(mut self, p: Priority) -> Self {
         self.priority = p;
         self
