@@ -49,8 +49,10 @@
 //!   by itself and the runtime goes on.
 //!
 //! # Time: the server's clock, counted locally
-//! The store's [`Clock`] starts at the server's `clock_timestamp()` read when it connects and
-//! counts from there with tokio's clock (`Clock::starting_at`). Every statement that judges a due
+//! The store's [`Clock`] starts at the server's `clock_timestamp()` read when it connects (five
+//! reads, the one with the shortest round trip taken as of its answer's arrival: never ahead of
+//! the server's clock, behind it by at most that round trip) and counts from there with tokio's
+//! clock (`Clock::starting_at`). Every statement that judges a due
 //! time or a lease takes that time as a parameter; none reads `now()`. So every node judges due
 //! times and leases by the server's clock, whatever its own system clock says: a node whose clock
 //! is seconds off neither fires a delay early nor takes a live lease. (Over days, a machine's
@@ -292,19 +294,22 @@ impl PostgresStoreBuilder {
             source: Some(Box::new(e)),
         })?;
         schema::migrate(&mut client, &self.schema).await?;
-        // The server's clock, read in microseconds and taken as of half the round trip before the
-        // answer arrived.
-        let asked = tokio::time::Instant::now();
-        let now_us: i64 = client
-            .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8", &[])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| ConnectError::Unreachable {
-                message: e.to_string(),
-                source: Some(Box::new(e)),
-            })?;
-        let half_trip = i64::try_from(asked.elapsed().as_micros() / 2).unwrap_or(0);
-        let clock = Clock::starting_at(Timestamp::from_millis((now_us + half_trip) / 1000));
+        // The server's clock, read a few times in microseconds. The read with the shortest round
+        // trip is taken as of the moment its answer arrived: the server read its clock before it
+        // answered, so this clock is never ahead of the server's (no node fires a delay early,
+        // however loaded it was while connecting) and behind it by at most that round trip.
+        let mut best = read_server_clock(&client).await?;
+        for _ in 1..CLOCK_READS {
+            let read = read_server_clock(&client).await?;
+            if read.trip < best.trip {
+                best = read;
+            }
+        }
+        let (now_us, since_us) = (
+            best.micros,
+            i64::try_from(best.answered.elapsed().as_micros()).unwrap_or(0),
+        );
+        let clock = Clock::starting_at(Timestamp::from_millis((now_us + since_us) / 1000));
         drop(client);
 
         let node = format!("{:016x}", fastrand::u64(..));
@@ -621,6 +626,35 @@ impl Drop for Inner {
 /// How often a statement that collided with another (a deadlock, a serialization failure) is run
 /// again before the error is returned.
 const TRANSIENT_RETRIES: u32 = 8;
+
+/// How many times a store reads the server's clock when it connects (it keeps the read with the
+/// shortest round trip).
+const CLOCK_READS: usize = 5;
+
+/// One read of the server's clock: what it said, when its answer arrived, and the round trip.
+struct ServerClockRead {
+    micros: i64,
+    answered: tokio::time::Instant,
+    trip: Duration,
+}
+
+async fn read_server_clock(client: &deadpool_postgres::Client) -> Result<ServerClockRead, ConnectError> {
+    let asked = tokio::time::Instant::now();
+    let micros: i64 = client
+        .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| ConnectError::Unreachable {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        })?;
+    let answered = tokio::time::Instant::now();
+    Ok(ServerClockRead {
+        micros,
+        answered,
+        trip: answered - asked,
+    })
+}
 
 /// What [`purge`](Store::purge) deletes per statement, so that a large purge does not hold locks
 /// on many rows at once.
