@@ -655,7 +655,8 @@ impl State {
         // rowid: when the whole chunk was stored, its seqs follow its order; otherwise the stored
         // ones are read back by that range. (`RETURNING` would copy every row through a
         // temporary b-tree.)
-        let mut stored: HashMap<EventId, i64> = HashMap::with_capacity(events.len());
+        // Each event's seq, in the order of `events`; `None` for one not stored.
+        let mut seqs: Vec<Option<i64>> = Vec::with_capacity(events.len());
         let mut at = 0;
         for chunk in chunks(events) {
             let sql = values_sql(
@@ -691,17 +692,20 @@ impl State {
             drop(stmt);
             let last = self.conn.last_insert_rowid();
             if n == chunk.len() {
-                for (seq, event) in (last + 1 - n as i64..).zip(chunk) {
-                    stored.insert(event.id(), seq);
+                seqs.extend((last + 1 - n as i64..).take(n).map(Some));
+            } else {
+                let mut stored: HashMap<EventId, i64> = HashMap::with_capacity(n);
+                if n > 0 {
+                    let mut read = self
+                        .conn
+                        .prepare_cached("SELECT seq, id FROM events WHERE seq BETWEEN ?1 AND ?2")?;
+                    let mut rows = read.query((last + 1 - n as i64, last))?;
+                    while let Some(r) = rows.next()? {
+                        stored.insert(codec::event_id(r, 1)?, r.get(0)?);
+                    }
                 }
-            } else if n > 0 {
-                let mut read = self
-                    .conn
-                    .prepare_cached("SELECT seq, id FROM events WHERE seq BETWEEN ?1 AND ?2")?;
-                let mut rows = read.query((last + 1 - n as i64, last))?;
-                while let Some(r) = rows.next()? {
-                    stored.insert(codec::event_id(r, 1)?, r.get(0)?);
-                }
+                // Taken out once matched: the same event twice in a chunk was stored once.
+                seqs.extend(chunk.iter().map(|e| stored.remove(&e.id())));
             }
             at += chunk.len();
         }
@@ -710,9 +714,8 @@ impl State {
         // The earliest due now and the earliest ahead, both announced: "due now" alone would hide
         // the later time from a timer with nothing else to wait for.
         let (mut earliest_now, mut earliest_ahead): (Option<Timestamp>, Option<Timestamp>) = (None, None);
-        for (event, routes) in events.iter().zip(&routes) {
-            // Taken out once counted: the same event twice in a run is stored once.
-            let Some(seq) = stored.remove(&event.id()) else {
+        for ((event, routes), seq) in events.iter().zip(&routes).zip(seqs) {
+            let Some(seq) = seq else {
                 // The key is held by a live event, or the same event was published before (a
                 // retried publish whose answer was lost): nothing new is stored.
                 let holder = match event.key() {
