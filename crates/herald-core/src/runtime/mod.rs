@@ -263,10 +263,20 @@ impl HeraldBuilder {
             .into();
         let node: Arc<str> = node;
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        // With a store that never waits, the timer's listener is named, so that a publish whose
+        // deliveries this runtime hands to its workers itself does not wake the timer for them too.
+        let (own_listener, wakeups) = match store.immediate() {
+            Some(direct) => {
+                let (key, wakeups) = direct.wakeups_keyed();
+                (Some(key), wakeups)
+            }
+            None => (None, store.wakeups()),
+        };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             reply_to: crate::event::ReplyTo::new(node.clone()),
-            wakeups: Mutex::new(Some(store.wakeups())),
+            wakeups: Mutex::new(Some(wakeups)),
+            own_listener,
             store,
             clock,
             node,
@@ -352,6 +362,9 @@ pub(crate) struct Inner {
     /// Set before `stopped` is cancelled: what an idle worker reads.
     pub(crate) has_stopped: AtomicBool,
     pub(crate) wakeups: Mutex<Option<futures_util::stream::BoxStream<'static, crate::store::Wakeup>>>,
+    /// The key of the timer's listener among the store's, when the store is immediate (see
+    /// `ImmediateStore::publish_one_now`).
+    pub(crate) own_listener: Option<crate::store::ListenerKey>,
     /// Claimed deliveries not yet finished (queued for a worker or running).
     pub(crate) in_flight: worker::InFlight,
     /// The workers' shared queue, idle list and outcome combining.
@@ -368,7 +381,12 @@ impl Inner {
     /// Marks every local subscription as having due work and wakes an idle worker to claim.
     pub(crate) fn notify_due(&self) {
         for sub in self.subs.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            sub.demand.due.store(true, Ordering::SeqCst);
+            // A mark already set stays set until a worker clears it before its claim, and that
+            // claim comes after this publish (see `pool::next`): it is not written again, which
+            // would take its line from the workers that read it.
+            if !sub.demand.due.load(Ordering::SeqCst) {
+                sub.demand.due.store(true, Ordering::SeqCst);
+            }
         }
         self.pool.wake();
     }

@@ -12,6 +12,7 @@
 //! There is no dispatcher and no completer task: a delivery goes from a publisher's wakeup to the
 //! worker that runs it, and from the worker to the store, without another task in between.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,13 +46,33 @@ pub(crate) struct Job {
     pub(crate) slot: Slot,
 }
 
-/// One unit of a subscription's concurrency, held from the claim until the attempt ends; it also
-/// names the subscription.
-pub(crate) struct Slot(pub(crate) Arc<LocalSub>);
+/// One unit of a subscription's concurrency, held from the claim until the attempt ends (or the
+/// slot is dropped); it also names the subscription.
+pub(crate) struct Slot {
+    pub(crate) sub: Arc<LocalSub>,
+    held: Cell<bool>,
+}
+
+impl Slot {
+    fn new(sub: Arc<LocalSub>) -> Self {
+        Slot {
+            sub,
+            held: Cell::new(true),
+        }
+    }
+
+    /// Gives the unit back, keeping the subscription: the attempt has ended, and what follows
+    /// (recording its outcome) goes on with the subscription at hand.
+    pub(crate) fn free(&self) {
+        if self.held.replace(false) {
+            self.sub.demand.running.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.demand.running.fetch_sub(1, Ordering::AcqRel);
+        self.free();
     }
 }
 
@@ -145,7 +166,9 @@ impl Pool {
     /// due marks), one wake stands for all, since that worker claims for the idle workers too and
     /// wakes them. A burst of publishes thus wakes one worker, not one per publish.
     pub(crate) fn wake(&self) {
-        if !self.waking.swap(true, Ordering::SeqCst) {
+        // Read before it is swapped: a wake already sent is the common case in a burst, and a
+        // read leaves the line shared with the workers.
+        if !self.waking.load(Ordering::SeqCst) && !self.waking.swap(true, Ordering::SeqCst) {
             self.idle.notify_one();
         }
     }
@@ -249,12 +272,10 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>) -> Next {
         sub.demand.due.store(true, Ordering::SeqCst);
     }
     sub.demand.release(want - claimed.len());
-    let mut jobs = claimed.drain(..).map(|claimed| {
-        inner.in_flight.start();
-        Job {
-            claimed,
-            slot: Slot(sub.clone()),
-        }
+    inner.in_flight.start(claimed.len());
+    let mut jobs = claimed.drain(..).map(|claimed| Job {
+        claimed,
+        slot: Slot::new(sub.clone()),
     });
     let Some(first) = jobs.next() else {
         return Next::Again;

@@ -343,7 +343,9 @@ impl Inner {
         let published = if let Some(store) = self.store.immediate() {
             // No future to box: the store answers at once.
             let _in_span = span.enter();
-            store.publish_one_now(event, now)?
+            // A delivery due now goes to this runtime's pool below (`notify_due`): the timer need
+            // not hear of it.
+            store.publish_one_now(event, now, self.own_listener)?
         } else if span.is_disabled() {
             self.store.publish_one(event).await?
         } else {

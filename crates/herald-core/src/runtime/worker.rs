@@ -53,8 +53,11 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    pub(crate) fn start(&self) {
-        self.count.fetch_add(1, Ordering::SeqCst);
+    /// `n` deliveries were claimed.
+    pub(crate) fn start(&self, n: usize) {
+        if n > 0 {
+            self.count.fetch_add(n, Ordering::SeqCst);
+        }
     }
 
     pub(crate) fn finish(&self) {
@@ -89,7 +92,7 @@ impl InFlight {
 pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     let span = tracing::info_span!(
         "herald.attempt",
-        subscription = %job.slot.0.name,
+        subscription = %job.slot.sub.name,
         topic = %job.claimed.event.topic(),
         event_id = %job.claimed.event.id(),
         attempt = job.claimed.attempt,
@@ -109,7 +112,8 @@ pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
 
 async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     let Job { claimed, slot } = job;
-    let sub = slot.0.clone();
+    // Borrowed, not cloned: every worker clones and drops the same count otherwise.
+    let sub = &*slot.sub;
     // One clock read for the start: the tokio instant gives the timestamp too.
     let started = Instant::now();
     let started_at = inner.clock.reading_at(started);
@@ -119,7 +123,7 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     // spent is renewed before the handler starts, and a lease lost meanwhile gives the delivery up
     // to the claim that took it.
     let half_lease = i64::try_from(sub.lease.as_millis() / 2).unwrap_or(i64::MAX);
-    if claimed.lease_until.millis_since(started_at) < half_lease && !Box::pin(renew(inner, &sub, &claimed)).await {
+    if claimed.lease_until.millis_since(started_at) < half_lease && !Box::pin(renew(inner, sub, &claimed)).await {
         return None;
     }
 
@@ -141,18 +145,22 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
             // supervision's future, boxed for the handlers that wait.
             match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
                 Poll::Ready(r) => returned(r),
-                Poll::Pending => Box::pin(supervise(inner, &sub, &claimed, fut, started, deadline)).await,
+                Poll::Pending => Box::pin(supervise(inner, sub, &claimed, fut, started, deadline)).await,
             }
         }
     };
-    drop(slot);
+    slot.free();
     let ended_at = Instant::now();
     let finished_at = inner.clock.reading_at(ended_at);
     let took = ended_at.saturating_duration_since(started);
     sub.metrics.handle_time.record(took.as_secs_f64());
-    sub.demand.quick.store(took < super::pool::QUICK, Ordering::Relaxed);
+    // Written only when it changes: every worker reads it, and a write takes the line from them.
+    let quick = took < super::pool::QUICK;
+    if sub.demand.quick.load(Ordering::Relaxed) != quick {
+        sub.demand.quick.store(quick, Ordering::Relaxed);
+    }
 
-    let verdict = judge(&sub, &claimed, ended, finished_at);
+    let verdict = judge(sub, &claimed, ended, finished_at);
     match &verdict {
         Some(Verdict::Succeeded { .. }) => sub.metrics.succeeded.increment(1),
         Some(Verdict::Retry { error, at }) => {

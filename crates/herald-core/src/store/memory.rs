@@ -110,7 +110,11 @@ impl MemoryStore {
     #[must_use = "drop the evicted records after unlocking"]
     fn settle(&self, state: &mut State, now: Timestamp) -> Vec<Rec> {
         state.enforce_retention(now);
-        self.backlog.store(state.counts.open(), Ordering::Relaxed);
+        // Written only when it changes: the runtime reads it at every publish, from any thread.
+        let open = state.counts.open();
+        if self.backlog.load(Ordering::Relaxed) != open {
+            self.backlog.store(open, Ordering::Relaxed);
+        }
         std::mem::take(&mut state.evicted)
     }
 }
@@ -124,8 +128,12 @@ struct Announce {
 }
 
 impl MemoryStore {
-    fn announce(&self, wake: Announce, now: Timestamp) {
-        for t in [wake.now, wake.ahead].into_iter().flatten() {
+    /// Announces the due times of a publish; `handled_by` is not told of what is due now.
+    fn announce(&self, wake: Announce, now: Timestamp, handled_by: Option<ListenerKey>) {
+        if let Some(t) = wake.now {
+            self.wake.send_except(Wakeup::Due(t), now, handled_by);
+        }
+        if let Some(t) = wake.ahead {
             self.wake.send_at(Wakeup::Due(t), now);
         }
     }
@@ -958,7 +966,16 @@ impl State {
 
 /// Nothing in the memory store waits: its hot calls are made without a future.
 impl ImmediateStore for MemoryStore {
-    fn publish_one_now(&self, event: Event, now: Timestamp) -> Result<Published, StoreError> {
+    fn wakeups_keyed(&self) -> (ListenerKey, BoxStream<'static, Wakeup>) {
+        self.wake.subscribe_keyed()
+    }
+
+    fn publish_one_now(
+        &self,
+        event: Event,
+        now: Timestamp,
+        handled_by: Option<ListenerKey>,
+    ) -> Result<Published, StoreError> {
         // Most events have one delivery: its id is made before the lock, to hold it shorter.
         let first_id = DeliveryId::new_at(now);
         let mut guard = self.lock();
@@ -968,7 +985,7 @@ impl ImmediateStore for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        self.announce(wake, now);
+        self.announce(wake, now, handled_by);
         Ok(out)
     }
 
@@ -1155,12 +1172,12 @@ impl Store for MemoryStore {
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
-        self.announce(wake, now);
+        self.announce(wake, now, None);
         Ok(out)
     }
 
     async fn publish_one(&self, event: Event) -> Result<Published, StoreError> {
-        self.publish_one_now(event, self.clock.now())
+        self.publish_one_now(event, self.clock.now(), None)
     }
 
     async fn claim(

@@ -10,7 +10,7 @@ mod wakeup;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use types::*;
-pub use wakeup::WakeupHub;
+pub use wakeup::{ListenerKey, WakeupHub};
 
 use std::fmt;
 use std::time::Duration;
@@ -82,12 +82,34 @@ pub enum Wakeup {
 /// let event = Event::from_parts(EventParts::new(Topic::new("order.paid")?, "7"));
 /// let id = event.id();
 /// let now = store.clock().now();
-/// assert_eq!(direct.publish_one_now(event, now)?, Published::Stored { id, deliveries: 0 });
+/// assert_eq!(direct.publish_one_now(event, now, None)?, Published::Stored { id, deliveries: 0 });
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait ImmediateStore: Send + Sync {
-    /// [`Store::publish_one`].
-    fn publish_one_now(&self, event: Event, now: Timestamp) -> Result<Published, StoreError>;
+    /// [`Store::wakeups`], with the key that names this listener to
+    /// [`publish_one_now`](Self::publish_one_now).
+    ///
+    /// ```
+    /// use herald_core::{MemoryStore, Store};
+    ///
+    /// let store = MemoryStore::new();
+    /// let direct = store.immediate().ok_or("the memory store never waits")?;
+    /// let (key, wakeups) = direct.wakeups_keyed();
+    /// # drop((key, wakeups));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn wakeups_keyed(&self) -> (ListenerKey, BoxStream<'static, Wakeup>);
+
+    /// [`Store::publish_one`]. `handled_by` names the caller's own listener (from
+    /// [`wakeups_keyed`](Self::wakeups_keyed)) when the caller hands a delivery that is due at once
+    /// to its workers itself: the store does not wake that listener for it (every other listener
+    /// still hears of it).
+    fn publish_one_now(
+        &self,
+        event: Event,
+        now: Timestamp,
+        handled_by: Option<ListenerKey>,
+    ) -> Result<Published, StoreError>;
 
     /// [`Store::claim`], appending the claimed deliveries to `into` (a buffer the caller reuses:
     /// a claim's vector of 16 or more deliveries is a large allocation).

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use futures_util::stream::{self, BoxStream};
@@ -50,8 +50,28 @@ struct Listener {
 /// ```
 pub struct WakeupHub {
     /// Read by every send; written only to add a listener or drop those that are gone.
-    listeners: RwLock<Vec<Weak<Listener>>>,
+    listeners: RwLock<Vec<(ListenerKey, Weak<Listener>)>>,
+    /// The key of the only listener, or `NOT_SOLE`: a send that leaves it out has no one to tell,
+    /// and skips the lock (one runtime on its own store, publishing).
+    sole: AtomicU64,
+    next_key: AtomicU64,
     clock: Clock,
+}
+
+/// Names one listener of a [`WakeupHub`] (see [`WakeupHub::subscribe_keyed`]), so that a sender can
+/// leave it out of a wakeup it has already acted on ([`WakeupHub::send_except`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerKey(u64);
+
+/// `WakeupHub::sole` when there is not exactly one listener (keys count up from 0).
+const NOT_SOLE: u64 = u64::MAX;
+
+/// What `WakeupHub::sole` is for this list of listeners.
+fn sole_of(listeners: &[(ListenerKey, Weak<Listener>)]) -> u64 {
+    match listeners {
+        [(key, _)] => key.0,
+        _ => NOT_SOLE,
+    }
 }
 
 impl Default for WakeupHub {
@@ -83,6 +103,8 @@ impl WakeupHub {
     pub fn with_clock(clock: Clock) -> Self {
         WakeupHub {
             listeners: RwLock::new(Vec::new()),
+            sole: AtomicU64::new(NOT_SOLE),
+            next_key: AtomicU64::new(0),
             clock,
         }
     }
@@ -112,8 +134,37 @@ impl WakeupHub {
     /// # }
     /// ```
     pub fn send_at(&self, wakeup: Wakeup, now: Timestamp) {
+        self.send_except(wakeup, now, None);
+    }
+
+    /// [`send_at`](Self::send_at), leaving out the listener `except`: the one whose owner has
+    /// already acted on this wakeup (a runtime that handed what it published to its own workers
+    /// need not be woken to do it again).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use futures_util::{FutureExt, StreamExt};
+    /// use herald_core::{store::WakeupHub, Clock, Wakeup};
+    ///
+    /// let clock = Clock::new();
+    /// let hub = WakeupHub::with_clock(clock);
+    /// let (mine, mut own) = hub.subscribe_keyed();
+    /// let mut other = hub.subscribe();
+    /// let now = clock.now();
+    /// hub.send_except(Wakeup::Due(now), now, Some(mine));
+    /// assert_eq!(other.next().await, Some(Wakeup::Due(now)));
+    /// assert!(own.next().now_or_never().is_none());
+    /// # }
+    /// ```
+    pub fn send_except(&self, wakeup: Wakeup, now: Timestamp, except: Option<ListenerKey>) {
+        if except.is_some_and(|k| self.sole.load(Ordering::Acquire) == k.0) {
+            return;
+        }
         let mut gone = false;
-        for weak in self.listeners.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (key, weak) in self.listeners.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if Some(*key) == except {
+                continue;
+            }
             let Some(l) = weak.upgrade() else {
                 gone = true;
                 continue;
@@ -137,15 +188,30 @@ impl WakeupHub {
             }
         }
         if gone {
-            self.listeners
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|weak| weak.strong_count() > 0);
+            let mut listeners = self.listeners.write().unwrap_or_else(|p| p.into_inner());
+            listeners.retain(|(_, weak)| weak.strong_count() > 0);
+            self.sole.store(sole_of(&listeners), Ordering::Release);
         }
     }
 
     /// A new listener: a stream of what was sent after this call.
     pub fn subscribe(&self) -> BoxStream<'static, Wakeup> {
+        self.subscribe_keyed().1
+    }
+
+    /// [`subscribe`](Self::subscribe), with the key that names the new listener to
+    /// [`send_except`](Self::send_except).
+    ///
+    /// ```
+    /// use herald_core::store::WakeupHub;
+    ///
+    /// let hub = WakeupHub::new();
+    /// let (first, _) = hub.subscribe_keyed();
+    /// let (second, _) = hub.subscribe_keyed();
+    /// assert_ne!(first, second);
+    /// ```
+    pub fn subscribe_keyed(&self) -> (ListenerKey, BoxStream<'static, Wakeup>) {
+        let key = ListenerKey(self.next_key.fetch_add(1, Ordering::Relaxed));
         let listener = Arc::new(Listener {
             due_now: AtomicI64::new(i64::MAX),
             ahead: AtomicI64::new(i64::MAX),
@@ -154,14 +220,15 @@ impl WakeupHub {
             closed: AtomicBool::new(false),
             notify: Notify::new(),
         });
-        self.listeners
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&listener));
-        Box::pin(stream::unfold(listener, |l| async move {
+        let mut listeners = self.listeners.write().unwrap_or_else(|p| p.into_inner());
+        listeners.push((key, Arc::downgrade(&listener)));
+        self.sole.store(sole_of(&listeners), Ordering::Release);
+        drop(listeners);
+        let stream = Box::pin(stream::unfold(listener, |l| async move {
             let w = l.next().await?;
             Some((w, l))
-        }))
+        }));
+        (key, stream)
     }
 }
 
@@ -198,7 +265,7 @@ impl Drop for WakeupHub {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter_map(Weak::upgrade)
+            .filter_map(|(_, weak)| weak.upgrade())
         {
             l.closed.store(true, Ordering::Release);
             l.notify.notify_one();
