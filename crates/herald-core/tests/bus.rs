@@ -1026,3 +1026,61 @@ async fn a_subscription_at_its_limit_leaves_the_other_workers_to_the_rest() {
         "four slow attempts, one at a time"
     );
 }
+
+/// Outcomes are recorded by combining (the first worker to finish records the others' outcomes
+/// too): with quick handlers on several threads, every outcome must still reach the store, once.
+/// A lost one would leave its delivery active, and the drain would report it interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_outcome_is_recorded_when_many_workers_finish_at_once() {
+    const N: usize = 20_000;
+    let herald = Herald::builder()
+        .system_events(false)
+        .workers(32)
+        .max_pending(N as u64)
+        .build()
+        .await
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(tokio::sync::Notify::new());
+    let (h, a) = (handled.clone(), all.clone());
+    herald
+        .subscribe("quick", "job.quick")
+        .handle(move |n: u64, _ctx: Context| {
+            let (h, a) = (h.clone(), a.clone());
+            async move {
+                // Some attempts end at once, some after a yield: outcomes arrive in bursts while
+                // one is being recorded.
+                if n % 3 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                if h.fetch_add(1, Ordering::SeqCst) + 1 == N {
+                    a.notify_one();
+                }
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let publishers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let herald = herald.clone();
+            tokio::spawn(async move {
+                for n in (p..N as u64).step_by(4) {
+                    herald.publish("job.quick", &n).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    timeout(Duration::from_secs(120), all.notified())
+        .await
+        .expect("every event handled within two minutes");
+    let report = herald.shutdown(Duration::from_secs(60)).await;
+    assert_eq!(report.interrupted, 0);
+    let stats = herald.store().stats().await.unwrap();
+    assert_eq!(stats.deliveries.succeeded, N as u64);
+    assert_eq!(stats.deliveries.active + stats.deliveries.pending, 0);
+    assert_eq!(handled.load(Ordering::SeqCst), N);
+}

@@ -144,13 +144,17 @@ pub(crate) struct Pool {
     waking: AtomicBool,
     /// Where the next search for a subscription to claim for starts (round robin).
     cursor: AtomicUsize,
-    outcomes: Mutex<Combining>,
+    outcomes: Combining,
 }
 
+/// The outcomes waiting for the worker that records (see `record`).
 #[derive(Default)]
 struct Combining {
-    pending: Vec<Finished>,
-    recording: bool,
+    pending: Mutex<Vec<Finished>>,
+    /// How many are in `pending`, read without its lock.
+    len: AtomicUsize,
+    /// A worker is recording: it takes what is pending before it stops.
+    recording: AtomicBool,
 }
 
 impl Pool {
@@ -348,33 +352,50 @@ fn any_due(inner: &Inner) -> bool {
 
 /// Records an outcome, combining: the first worker to arrive records every outcome that arrives
 /// until it is done; the others leave theirs and go on.
+///
+/// A worker that finds no one recording records its own outcome without taking a lock (the common
+/// case when handlers are quick). One that finds someone recording leaves its outcome in
+/// `pending`, then tries once more to become the recorder: the recorder clears `recording` before
+/// it reads `len` for the last time, so either it sees the outcome or this worker takes over.
 async fn record(inner: &Arc<Inner>, finished: Finished) {
-    {
-        let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        if c.recording {
-            c.pending.push(finished);
+    let c = &inner.pool.outcomes;
+    if !c.recording.swap(true, Ordering::SeqCst) {
+        // Its own outcome goes alone, without a batch to gather it in.
+        record_one(inner, finished).await;
+    } else {
+        {
+            let mut pending = c.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push(finished);
+            c.len.store(pending.len(), Ordering::SeqCst);
+        }
+        if c.recording.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Nothing is pending while no one records: the recorder drains it before it stops.
-        c.recording = true;
     }
-    // Its own outcome goes alone (nothing was pending), without a batch to gather it in.
-    record_one(inner, finished).await;
     let mut batch = Vec::new();
     loop {
-        {
-            let mut c = inner.pool.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            if c.pending.is_empty() {
-                c.recording = false;
-                if batch.capacity() > c.pending.capacity() {
-                    // Hand the (empty) allocation back for the next batch.
-                    c.pending = batch;
-                }
-                return;
+        if c.len.load(Ordering::SeqCst) > 0 {
+            {
+                let mut pending = c.pending.lock().unwrap_or_else(|p| p.into_inner());
+                std::mem::swap(&mut *pending, &mut batch);
+                c.len.store(0, Ordering::SeqCst);
             }
-            std::mem::swap(&mut c.pending, &mut batch);
+            record_batch(inner, &mut batch).await;
+            continue;
         }
-        record_batch(inner, &mut batch).await;
+        c.recording.store(false, Ordering::SeqCst);
+        // An outcome left after the read above is recorded by whoever takes `recording` now.
+        if c.len.load(Ordering::SeqCst) == 0 || c.recording.swap(true, Ordering::SeqCst) {
+            if batch.capacity() > 0 {
+                // Hand the (empty) allocation back for the next batch, when its slot is empty.
+                if let Ok(mut pending) = c.pending.try_lock() {
+                    if pending.capacity() < batch.capacity() && pending.is_empty() {
+                        *pending = batch;
+                    }
+                }
+            }
+            return;
+        }
     }
 }
 
