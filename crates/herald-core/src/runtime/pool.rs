@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::subscribe::LocalSub;
 use super::worker::{self, Finished};
-use super::Inner;
+use super::{Inner, SubsCopy};
 use crate::store::{Claimed, Completion};
 
 /// The most deliveries one claim asks for.
@@ -189,12 +189,14 @@ enum Next {
 /// One worker: runs attempts until the runtime has stopped.
 pub(crate) async fn work(inner: Arc<Inner>) {
     let mut claimed = Vec::new();
+    // This worker's copy of the subscription list (see `Subs`).
+    let mut subs = inner.subs.copy();
     loop {
         // With the memory store nothing below has to wait while work is due, so without this a
         // worker would keep its thread and starve the timer and the publishers (seen as 100 ms
         // lateness spikes): it yields once tokio's cooperative budget is spent.
         tokio::task::consume_budget().await;
-        match next(&inner, &mut claimed).await {
+        match next(&inner, &mut claimed, &mut subs).await {
             Next::Run(job) => {
                 // Awaited here rather than through a helper: every level of `async fn` moves the
                 // future below it once more.
@@ -228,7 +230,8 @@ pub(crate) async fn work(inner: Arc<Inner>) {
 
 /// The next delivery to run: a queued one, or the first of a new claim.
 /// `claimed` is the worker's buffer for what a claim returns, kept between claims.
-async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>) -> Next {
+/// `subs` is the worker's copy of the subscription list.
+async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>, subs: &mut SubsCopy) -> Next {
     if let Some(job) = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
         return Next::Run(job);
     }
@@ -239,7 +242,7 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>) -> Next {
     if inner.pool.waking.load(Ordering::SeqCst) {
         inner.pool.waking.store(false, Ordering::SeqCst);
     }
-    let Some((sub, want)) = pick(inner) else {
+    let Some((sub, want)) = pick(inner, subs) else {
         return Next::Idle;
     };
     // Cleared before the claim: a wakeup that lands while it runs sets it again.
@@ -295,7 +298,7 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>) -> Next {
     for _ in 0..queued {
         inner.pool.idle.notify_one();
     }
-    if queued == 0 && inner.pool.idle_count.load(Ordering::Acquire) > 0 && any_due(inner) {
+    if queued == 0 && inner.pool.idle_count.load(Ordering::Acquire) > 0 && any_due(inner, subs) {
         // Another subscription may be waiting for a claim, and a worker is free to make it.
         inner.pool.idle.notify_one();
     }
@@ -304,13 +307,19 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>) -> Next {
 
 /// A subscription with due work and free capacity that no one is claiming for, taken for a claim
 /// of the returned size; round robin among them.
-fn pick(inner: &Inner) -> Option<(Arc<LocalSub>, usize)> {
-    let subs = inner.subs.read().unwrap_or_else(|p| p.into_inner());
+fn pick(inner: &Inner, subs: &mut SubsCopy) -> Option<(Arc<LocalSub>, usize)> {
+    let subs = inner.subs.current(subs);
     let n = subs.len();
     if n == 0 {
         return None;
     }
-    let start = inner.pool.cursor.fetch_add(1, Ordering::Relaxed);
+    // With one subscription there is no turn to take (and the cursor is a write every worker's
+    // claim would make to one line).
+    let start = if n == 1 {
+        0
+    } else {
+        inner.pool.cursor.fetch_add(1, Ordering::Relaxed)
+    };
     let for_idle = inner.pool.idle_count.load(Ordering::Acquire) + 1;
     for i in 0..n {
         let sub = &subs[(start + i) % n];
@@ -341,11 +350,10 @@ fn pick(inner: &Inner) -> Option<(Arc<LocalSub>, usize)> {
     None
 }
 
-fn any_due(inner: &Inner) -> bool {
+fn any_due(inner: &Inner, subs: &mut SubsCopy) -> bool {
     inner
         .subs
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
+        .current(subs)
         .iter()
         .any(|s| s.demand.due.load(Ordering::Relaxed) && !s.paused.load(Ordering::Relaxed))
 }

@@ -192,12 +192,8 @@ impl SubscriptionBuilder<'_> {
             stop: inner.stop_claiming.child_token(),
             unsubscribed: AtomicBool::new(false),
         });
-        {
-            let mut subs = inner.subs.write().unwrap_or_else(|p| p.into_inner());
-            if subs.iter().any(|s| s.name == name) {
-                return Err(SubscribeError::Duplicate(name));
-            }
-            subs.push(sub.clone());
+        if inner.subs.add(sub.clone()).is_err() {
+            return Err(SubscribeError::Duplicate(name));
         }
         // Deliveries may be waiting in the store already: the pool looks at once.
         inner.pool.wake();
@@ -232,10 +228,10 @@ impl Herald {
     pub fn subscriptions(&self) -> Vec<Subscription> {
         self.inner
             .subs_snapshot()
-            .into_iter()
+            .iter()
             .map(|sub| Subscription {
                 herald: self.clone(),
-                sub,
+                sub: sub.clone(),
             })
             .collect()
     }
@@ -320,11 +316,7 @@ impl Subscription {
         let inner = &self.herald.inner;
         self.sub.unsubscribed.store(true, Ordering::SeqCst);
         self.sub.stop.cancel();
-        inner
-            .subs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| !Arc::ptr_eq(s, &self.sub));
+        inner.subs.remove(&self.sub);
         let cancelled = inner.store.remove_subscription(&self.sub.name).await?;
         inner.made_room();
         Ok(cancelled)
