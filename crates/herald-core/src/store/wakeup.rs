@@ -60,6 +60,17 @@ pub struct WakeupHub {
 
 /// Names one listener of a [`WakeupHub`] (see [`WakeupHub::subscribe_keyed`]), so that a sender can
 /// leave it out of a wakeup it has already acted on ([`WakeupHub::send_except`]).
+///
+/// ```
+/// use herald_core::{store::WakeupHub, Clock, Wakeup};
+///
+/// let clock = Clock::new();
+/// let hub = WakeupHub::with_clock(clock);
+/// let (key, _wakeups) = hub.subscribe_keyed();
+/// // This caller already handles what is due now: the hub tells every listener but `key`.
+/// let now = clock.now();
+/// hub.send_except(Wakeup::Due(now), now, Some(key));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ListenerKey(u64);
 
