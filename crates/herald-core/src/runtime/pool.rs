@@ -259,7 +259,10 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>, subs: &mut SubsCop
     sub.demand.claiming.store(false, Ordering::Release);
     match result {
         Ok(()) => {
-            sub.demand.failures.store(0, Ordering::Relaxed);
+            // Written only when it changes, like the other flags every worker reads.
+            if sub.demand.failures.load(Ordering::Relaxed) != 0 {
+                sub.demand.failures.store(0, Ordering::Relaxed);
+            }
         }
         Err(e) => {
             sub.demand.release(want);
@@ -280,21 +283,26 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>, subs: &mut SubsCop
     }
     sub.demand.release(want - claimed.len());
     inner.in_flight.start(claimed.len());
-    let mut jobs = claimed.drain(..).map(|claimed| Job {
-        claimed,
-        slot: Slot::new(sub.clone()),
-    });
-    let Some(first) = jobs.next() else {
+    let mut drained = claimed.drain(..);
+    let Some(first) = drained.next() else {
         return Next::Again;
     };
     let mut queued = 0;
-    {
+    if drained.len() > 0 {
         let mut queue = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner());
-        for job in jobs {
-            queue.push_back(job);
+        for claimed in drained {
+            queue.push_back(Job {
+                claimed,
+                slot: Slot::new(sub.clone()),
+            });
             queued += 1;
         }
     }
+    // The first job takes the subscription this claim was made for: one count fewer to move.
+    let first = Job {
+        claimed: first,
+        slot: Slot::new(sub),
+    };
     for _ in 0..queued {
         inner.pool.idle.notify_one();
     }
