@@ -1084,3 +1084,46 @@ async fn every_outcome_is_recorded_when_many_workers_finish_at_once() {
     assert_eq!(stats.deliveries.active + stats.deliveries.pending, 0);
     assert_eq!(handled.load(Ordering::SeqCst), N);
 }
+
+/// A worker records the outcomes of quick attempts in batches, keeping each back while it runs the
+/// next queued delivery; but never across a wait: an attempt that waits for its handler records
+/// what was kept back first, so a quick event's status never waits on a slow one.
+#[tokio::test(start_paused = true)]
+async fn an_outcome_kept_back_is_recorded_before_the_worker_waits() {
+    let herald = Herald::builder().system_events(false).workers(1).build().await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+    let (slow_tx, mut slow_started) = mpsc::unbounded_channel::<()>();
+    herald
+        .subscribe("work", "job.run")
+        // Its own limit above the one worker, so that a claim may take both deliveries at once.
+        .concurrency(16)
+        .handle(move |n: u32, _ctx: Context| {
+            let (tx, slow_tx) = (tx.clone(), slow_tx.clone());
+            async move {
+                if n == 2 {
+                    let _ = slow_tx.send(());
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                let _ = tx.send(n);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    // A quick first attempt makes the next claim take more than the one idle worker could start.
+    herald.publish("job.run", &0u32).await.unwrap();
+    assert_eq!(next(&mut rx).await, 0);
+    let ids = herald
+        .publish_batch([Message::json("job.run", &1u32), Message::json("job.run", &2u32)])
+        .await
+        .unwrap();
+    next(&mut slow_started).await;
+    assert_eq!(next(&mut rx).await, 1);
+    // The slow attempt is running on the only worker, and the quick one is already recorded.
+    let quick = herald.get(ids[0]).await.unwrap().expect("stored");
+    assert_eq!(quick.status, EventStatus::Succeeded, "{quick:?}");
+    let slow = herald.get(ids[1]).await.unwrap().expect("stored");
+    assert_eq!(slow.deliveries[0].status, DeliveryStatus::Active, "{slow:?}");
+    assert_eq!(next(&mut rx).await, 2);
+    assert_eq!(settle(&herald, ids[1]).await.status, EventStatus::Succeeded);
+}

@@ -24,6 +24,7 @@ use super::subscribe::LocalSub;
 use super::worker::{self, Finished};
 use super::{Inner, SubsCopy};
 use crate::store::{Claimed, Completion};
+use crate::time::Timestamp;
 
 /// The most deliveries one claim asks for.
 const MAX_BATCH: usize = 64;
@@ -186,9 +187,21 @@ enum Next {
     Idle,
 }
 
+/// How many outcomes a worker keeps back at most while it goes on to the next queued delivery.
+const DEFER_MAX: usize = 32;
+
 /// One worker: runs attempts until the runtime has stopped.
+///
+/// A worker that finishes an attempt while deliveries wait in the queue keeps the outcome back
+/// and runs the next one; it records what it kept back in one store call when the queue is empty,
+/// when it has kept `DEFER_MAX`, or before an attempt that has to wait (`worker::attempt` flushes
+/// them before it waits for a handler or the store): an outcome is held back only across work that
+/// runs without waiting, so recording in batches delays nothing by more than a few quick
+/// attempts, and a batch of outcomes is one store call (one lock, or one transaction) instead of
+/// one each.
 pub(crate) async fn work(inner: Arc<Inner>) {
     let mut claimed = Vec::new();
+    let mut deferred = Vec::new();
     // This worker's copy of the subscription list (see `Subs`).
     let mut subs = inner.subs.copy();
     loop {
@@ -198,11 +211,22 @@ pub(crate) async fn work(inner: Arc<Inner>) {
         tokio::task::consume_budget().await;
         match next(&inner, &mut claimed, &mut subs).await {
             Next::Run(job) => {
-                // Awaited here rather than through a helper: every level of `async fn` moves the
-                // future below it once more.
-                if let Some(finished) = worker::run(&inner, job).await {
-                    record(&inner, finished).await;
+                let mut job = job;
+                loop {
+                    // Awaited here rather than through a helper: every level of `async fn` moves
+                    // the future below it once more.
+                    if let Some(finished) = worker::run(&inner, job, &mut deferred).await {
+                        deferred.push(finished);
+                    }
+                    if deferred.len() >= DEFER_MAX {
+                        break;
+                    }
+                    let queued = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some(queued) = queued else { break };
+                    job = queued;
+                    tokio::task::consume_budget().await;
                 }
+                record_all(&inner, &mut deferred).await;
                 continue;
             }
             Next::Again => continue,
@@ -366,22 +390,25 @@ fn any_due(inner: &Inner, subs: &mut SubsCopy) -> bool {
         .any(|s| s.demand.due.load(Ordering::Relaxed) && !s.paused.load(Ordering::Relaxed))
 }
 
-/// Records an outcome, combining: the first worker to arrive records every outcome that arrives
-/// until it is done; the others leave theirs and go on.
+/// Records `outcomes` (leaving the vector empty), combining: the first worker to arrive records
+/// every outcome that arrives until it is done; the others leave theirs and go on.
 ///
-/// A worker that finds no one recording records its own outcome without taking a lock (the common
-/// case when handlers are quick). One that finds someone recording leaves its outcome in
+/// A worker that finds no one recording records its own outcomes without taking a lock (the
+/// common case when handlers are quick). One that finds someone recording leaves its outcomes in
 /// `pending`, then tries once more to become the recorder: the recorder clears `recording` before
-/// it reads `len` for the last time, so either it sees the outcome or this worker takes over.
-async fn record(inner: &Arc<Inner>, finished: Finished) {
+/// it reads `len` for the last time, so either it sees them or this worker takes over.
+pub(crate) async fn record_all(inner: &Arc<Inner>, outcomes: &mut Vec<Finished>) {
+    if outcomes.is_empty() {
+        return;
+    }
     let c = &inner.pool.outcomes;
     if !c.recording.swap(true, Ordering::SeqCst) {
-        // Its own outcome goes alone, without a batch to gather it in.
-        record_one(inner, finished).await;
+        // Its own outcomes go first, a lone one without a batch to gather it in.
+        record_batch(inner, outcomes).await;
     } else {
         {
             let mut pending = c.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.push(finished);
+            pending.append(outcomes);
             c.len.store(pending.len(), Ordering::SeqCst);
         }
         if c.recording.swap(true, Ordering::SeqCst) {
@@ -453,8 +480,31 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
         }
         return;
     }
-    let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
-    let results = inner.store.complete(outcomes).await.unwrap_or_else(|e| {
+    let results = match inner.store.immediate() {
+        Some(store) => {
+            // As in `record_one`: a local requester is answered below, and each end was read from
+            // the store's clock an instant ago.
+            let now = batch
+                .iter()
+                .map(|f| f.outcome.finished_at)
+                .max()
+                .unwrap_or(Timestamp::EPOCH);
+            let outcomes = batch
+                .iter()
+                .map(|f| {
+                    let event = &f.claimed.event;
+                    let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
+                    (f.outcome.clone(), answered_here)
+                })
+                .collect();
+            store.complete_now(outcomes, now)
+        }
+        None => {
+            let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();
+            inner.store.complete(outcomes).await
+        }
+    };
+    let results = results.unwrap_or_else(|e| {
         // The leases run out and the deliveries are attempted again: at-least-once.
         tracing::error!(error = %e, count = batch.len(), "herald: could not record outcomes; the deliveries will run again after their leases");
         Vec::new()

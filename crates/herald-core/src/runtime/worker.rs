@@ -89,7 +89,10 @@ impl InFlight {
 
 /// Runs one claimed delivery; returns its outcome for the pool to record, or `None` when the
 /// lease went to another claim (the delivery is then finished here).
-pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
+///
+/// `deferred` holds the outcomes its worker has kept back (see `pool::work`): they are recorded
+/// before the attempt waits for anything.
+pub(crate) async fn run(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> Option<Finished> {
     let span = tracing::info_span!(
         "herald.attempt",
         subscription = %job.slot.sub.name,
@@ -100,9 +103,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     // Without a subscriber that wants the span, the attempt is not wrapped: wrapping moves its
     // (large) future once more.
     let finished = if span.is_disabled() {
-        attempt(inner, job).await
+        attempt(inner, job, deferred).await
     } else {
-        attempt(inner, job).instrument(span).await
+        attempt(inner, job, deferred).instrument(span).await
     };
     if finished.is_none() {
         inner.in_flight.finish();
@@ -110,7 +113,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     finished
 }
 
-async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
+async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> Option<Finished> {
     let Job { claimed, slot } = job;
     // Borrowed, not cloned: every worker clones and drops the same count otherwise.
     let sub = &*slot.sub;
@@ -123,8 +126,12 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
     // spent is renewed before the handler starts, and a lease lost meanwhile gives the delivery up
     // to the claim that took it.
     let half_lease = i64::try_from(sub.lease.as_millis() / 2).unwrap_or(i64::MAX);
-    if claimed.lease_until.millis_since(started_at) < half_lease && !Box::pin(renew(inner, sub, &claimed)).await {
-        return None;
+    if claimed.lease_until.millis_since(started_at) < half_lease {
+        // The renewal may wait for the store: what was kept back is recorded first.
+        Box::pin(super::pool::record_all(inner, deferred)).await;
+        if !Box::pin(renew(inner, sub, &claimed)).await {
+            return None;
+        }
     }
 
     let deadline = sub.policy.timeout.map(|t| started + t);
@@ -145,7 +152,13 @@ async fn attempt(inner: &Arc<Inner>, job: Job) -> Option<Finished> {
             // supervision's future, boxed for the handlers that wait.
             match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
                 Poll::Ready(r) => returned(r),
-                Poll::Pending => Box::pin(supervise(inner, sub, &claimed, fut, started, deadline)).await,
+                Poll::Pending => {
+                    // The handler waits: what was kept back is recorded first, not after it.
+                    if !deferred.is_empty() {
+                        Box::pin(super::pool::record_all(inner, deferred)).await;
+                    }
+                    Box::pin(supervise(inner, sub, &claimed, fut, started, deadline)).await
+                }
             }
         }
     };

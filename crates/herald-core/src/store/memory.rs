@@ -1080,6 +1080,29 @@ impl ImmediateStore for MemoryStore {
         }
         Ok(done)
     }
+
+    fn complete_now(&self, outcomes: Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut out = Vec::with_capacity(outcomes.len());
+        let mut wakeups = Vec::new();
+        for (o, answered_here) in outcomes {
+            let (done, wakeup) = st.apply(o, now);
+            out.push(done);
+            match wakeup {
+                Some(Wakeup::Answered(_)) if answered_here => {}
+                Some(w) => wakeups.push(w),
+                None => {}
+            }
+        }
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        for w in wakeups {
+            self.wake.send_at(w, now);
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -1220,23 +1243,8 @@ impl Store for MemoryStore {
     }
 
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError> {
-        let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let mut out = Vec::with_capacity(outcomes.len());
-        let mut wakeups = Vec::new();
-        for o in outcomes {
-            let (done, wakeup) = st.apply(o, now);
-            out.push(done);
-            wakeups.extend(wakeup);
-        }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
-        for w in wakeups {
-            self.wake.send_at(w, now);
-        }
-        Ok(out)
+        let outcomes = outcomes.into_iter().map(|o| (o, false)).collect();
+        self.complete_now(outcomes, self.clock.now())
     }
 
     async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {

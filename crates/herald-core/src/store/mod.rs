@@ -126,6 +126,10 @@ pub trait ImmediateStore: Send + Sync {
     /// announces the answer to no listener: [`Wakeup::Answered`] is for requesters elsewhere.
     fn complete_one_now(&self, outcome: Outcome, answered_here: bool, now: Timestamp)
         -> Result<Completion, StoreError>;
+
+    /// [`Store::complete`]: [`complete_one_now`](Self::complete_one_now) for each outcome, with
+    /// its `answered_here`, in one step.
+    fn complete_now(&self, outcomes: Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError>;
 }
 
 /// Where events, deliveries and history live. See the [module docs](self).
