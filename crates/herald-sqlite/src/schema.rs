@@ -323,7 +323,8 @@ mod plans {
             // The statements of a group's outcomes and claims seek each row by its key.
             ("UPDATE deliveries SET status = ?2 WHERE id = ?1", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
             ("UPDATE events SET open = open - ?2 WHERE seq = ?1", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
-            ("SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event WHERE d.id IN rarray(?1) AND d.status = 8", "SEARCH d USING PRIMARY KEY (id=?)"),
+            ("SELECT id FROM deliveries WHERE id IN rarray(?1) AND status = 8", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
+            ("SELECT seq, id, reply_to IS NOT NULL FROM events WHERE seq IN rarray(?1)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
         ] {
             let p = plan(&conn, sql);
             assert!(p.contains(index), "{sql}\n{p}");

@@ -166,6 +166,7 @@ impl Writer {
                     subs,
                     routes: HashMap::new(),
                     recent: Recent::new(),
+                    requests: Requests::new(),
                     done: done_tx,
                     busy: writer_busy,
                 };
@@ -256,6 +257,46 @@ impl Recent {
     }
 }
 
+/// What the outcome of a claimed delivery needs from its event (whether it is a request, and its
+/// id to wake the requester), noted at the claim, which has the event at hand: the outcome then
+/// reads the delivery's row only, not its event's too. A delivery belongs to one event for good
+/// and its id is never given to another, so an entry is never wrong, even one noted by a claim
+/// that was undone; a missing one is read from the file.
+struct Requests {
+    /// Per claimed delivery: its event's id if the event asked for an answer.
+    by_delivery: HashMap<DeliveryId, Option<EventId>>,
+}
+
+impl Requests {
+    /// How many deliveries it keeps: more than any runtime holds leased at once. When full it is
+    /// emptied (outcomes then read their events until it fills again).
+    const CAPACITY: usize = 1 << 16;
+
+    fn new() -> Self {
+        Requests {
+            by_delivery: HashMap::new(),
+        }
+    }
+
+    fn note(&mut self, delivery: DeliveryId, event: &Event) {
+        if self.by_delivery.len() >= Self::CAPACITY {
+            self.by_delivery.clear();
+        }
+        self.by_delivery
+            .insert(delivery, event.reply_to().is_some().then(|| event.id()));
+    }
+
+    /// `Some(request)` if known; `None` if not noted.
+    fn get(&self, delivery: DeliveryId) -> Option<Option<EventId>> {
+        self.by_delivery.get(&delivery).copied()
+    }
+
+    /// Forgets a delivery whose outcome is recorded (or whose lease ended otherwise).
+    fn forget(&mut self, delivery: DeliveryId) {
+        self.by_delivery.remove(&delivery);
+    }
+}
+
 struct State {
     conn: Connection,
     shared: Arc<Shared>,
@@ -264,6 +305,7 @@ struct State {
     subs: Vec<SubscriptionRow>,
     routes: HashMap<Topic, Arc<[i64]>>,
     recent: Recent,
+    requests: Requests,
     /// Where committed groups go to be synced and answered, in commit order.
     done: Sender<Done>,
     /// Set from when the writer takes a group until it hands over the group's last part: the sync
@@ -904,6 +946,7 @@ impl State {
             }
             // One delivery per event and subscription: each event is claimed once here.
             let event = events.remove(&c.event).ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            self.requests.note(c.id, &event);
             out.push(Claimed::new(
                 Lease {
                     delivery: c.id,
@@ -1044,26 +1087,50 @@ impl State {
                 .collect(),
         );
         let mut leased: HashMap<DeliveryId, Leased> = HashMap::with_capacity(outcomes.len());
+        // Whose events asked for an answer: known from the claims for most (see [`Requests`]),
+        // read from the events for the others.
+        let mut unknown: Vec<Value> = Vec::new();
         {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT d.id, d.token, d.event, d.attempts, d.due, e.id, e.reply_to IS NOT NULL, d.started_at
-                   FROM deliveries d JOIN events e ON e.seq = d.event
-                  WHERE d.id IN rarray(?1) AND d.status = 8",
+                "SELECT id, token, event, attempts, due, started_at FROM deliveries
+                  WHERE id IN rarray(?1) AND status = 8",
             )?;
             let mut rows = stmt.query([ids])?;
             while let Some(r) = rows.next()? {
+                let id = codec::delivery_id(r, 0)?;
+                let event: i64 = r.get(2)?;
+                let request = self.requests.get(id);
+                if request.is_none() {
+                    unknown.push(Value::Integer(event));
+                }
                 leased.insert(
-                    codec::delivery_id(r, 0)?,
+                    id,
                     Leased {
                         token: r.get::<_, i64>(1)?,
-                        event: r.get(2)?,
+                        event,
                         attempt: r.get(3)?,
                         due: codec::ts(r, 4)?,
-                        event_id: codec::event_id(r, 5)?,
-                        is_request: r.get(6)?,
-                        started_at: r.get(7)?,
+                        request,
+                        started_at: r.get(5)?,
                     },
                 );
+            }
+        }
+        if !unknown.is_empty() {
+            let mut asked: HashMap<i64, Option<EventId>> = HashMap::with_capacity(unknown.len());
+            let seqs: Array = Rc::new(unknown);
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT seq, id, reply_to IS NOT NULL FROM events WHERE seq IN rarray(?1)")?;
+            let mut rows = stmt.query([seqs])?;
+            while let Some(r) = rows.next()? {
+                let id = codec::event_id(r, 1)?;
+                asked.insert(r.get(0)?, r.get::<_, bool>(2)?.then_some(id));
+            }
+            for l in leased.values_mut() {
+                if l.request.is_none() {
+                    l.request = Some(asked.get(&l.event).copied().flatten());
+                }
             }
         }
         let mut out = Vec::with_capacity(outcomes.len());
@@ -1081,6 +1148,7 @@ impl State {
                 out.push(Completion::Stale);
                 continue;
             };
+            self.requests.forget(o.lease.delivery);
             let mut f = Finish {
                 id: o.lease.delivery,
                 attempt: l.attempt,
@@ -1095,8 +1163,8 @@ impl State {
             match &o.verdict {
                 Verdict::Succeeded { reply } => {
                     f.reply = reply.as_deref();
-                    if l.is_request {
-                        fx.wakeups.push(Wakeup::Answered(l.event_id));
+                    if let Some(Some(event_id)) = l.request {
+                        fx.wakeups.push(Wakeup::Answered(event_id));
                     }
                 }
                 Verdict::Retry { at, error } => {
@@ -1110,8 +1178,8 @@ impl State {
                     f.outcome = outcome::DEAD;
                     f.error = Some(reason);
                     f.to = status::DEAD;
-                    if l.is_request {
-                        fx.wakeups.push(Wakeup::Answered(l.event_id));
+                    if let Some(Some(event_id)) = l.request {
+                        fx.wakeups.push(Wakeup::Answered(event_id));
                     }
                 }
                 Verdict::Released => {
@@ -1414,8 +1482,9 @@ struct Leased {
     event: i64,
     attempt: u32,
     due: Timestamp,
-    event_id: EventId,
-    is_request: bool,
+    /// The event's id if it is a request (has `reply_to`), `None` if not; unknown (the outer
+    /// `None`) until read.
+    request: Option<Option<EventId>>,
     /// When the running attempt started (unknown only in a damaged file).
     started_at: Option<i64>,
 }
