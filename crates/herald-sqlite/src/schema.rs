@@ -8,7 +8,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes and reads.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 
 /// `PRAGMA application_id` of a herald file: "HRLD".
 pub(crate) const APPLICATION_ID: i32 = 0x4852_4c44;
@@ -175,8 +175,17 @@ CREATE INDEX events_topic_status ON events(topic, status) WHERE status < 9;
 CREATE INDEX events_open ON events(seq) WHERE status = 9;
 ";
 
+/// Version 5: an attempt that succeeded is kept in its delivery, not in `attempts`: its start in
+/// `started_at` (where the claim put it) and its end in `finished_at`, which only a delivery that
+/// succeeded has. Reads show it after the delivery's other attempts. The common life of a delivery
+/// (claimed once, succeeded) then writes no attempt row at all. Files of earlier versions keep the
+/// rows they have; their deliveries have no `finished_at`, so nothing is shown twice.
+const V5: &str = "
+ALTER TABLE deliveries ADD COLUMN finished_at INTEGER;
+";
+
 /// Each migration takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// What the file holds before any migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

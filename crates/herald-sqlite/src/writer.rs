@@ -1203,7 +1203,10 @@ impl State {
             finished.push(f);
             out.push(Completion::Applied);
         }
-        for chunk in chunks(&finished) {
+        // A succeeded attempt stays in its delivery (`started_at`, `finished_at`): only the others
+        // get a row.
+        let recorded: Vec<&Finish<'_>> = finished.iter().filter(|f| f.outcome != outcome::SUCCEEDED).collect();
+        for chunk in chunks(&recorded) {
             self.finish_attempts(chunk)?;
         }
         self.finish_deliveries(&finished)?;
@@ -1221,7 +1224,7 @@ impl State {
 
     /// Records the attempts of `chunk`, ended, in one statement (an attempt's row is written once,
     /// when it ends).
-    fn finish_attempts(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
+    fn finish_attempts(&self, chunk: &[&Finish<'_>]) -> rusqlite::Result<()> {
         let sql = values_sql(
             "INSERT OR FAIL INTO attempts (delivery, number, started_at, finished_at, outcome, error) VALUES ",
             "(?, ?, ?, ?, ?, ?)",
@@ -1245,20 +1248,23 @@ impl State {
     }
 
     /// Moves the deliveries of `finished` to their new status, one keyed update each: a multi-row
-    /// `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table.
+    /// `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table. A delivery
+    /// whose attempt succeeded keeps that attempt's end (its start is there since the claim).
     fn finish_deliveries(&self, finished: &[Finish<'_>]) -> rusqlite::Result<()> {
         let mut stmt = self.conn.prepare_cached(
             "UPDATE OR FAIL deliveries SET status = ?2, due = COALESCE(?3, due), last_error = COALESCE(?4, last_error),
-                 reply = COALESCE(?5, reply)
+                 reply = COALESCE(?5, reply), finished_at = ?6
               WHERE id = ?1",
         )?;
         for f in finished {
+            let succeeded = f.outcome == outcome::SUCCEEDED;
             stmt.execute((
                 &f.id.as_uuid().as_bytes()[..],
                 f.to,
                 f.due.map(Timestamp::as_millis),
                 f.error,
                 f.reply,
+                succeeded.then_some(f.finished_at.as_millis()),
             ))?;
         }
         Ok(())
