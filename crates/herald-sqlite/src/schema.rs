@@ -331,7 +331,7 @@ mod plans {
             ("SELECT seq, status FROM events WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2", "INDEX events_finished"),
             // The statements of a group's outcomes and claims seek each row by its key.
             ("UPDATE deliveries SET status = ?2 WHERE id = ?1", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
-            ("UPDATE events SET open = open - ?2 WHERE seq = ?1", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
+            ("UPDATE events SET open = open - ?2 WHERE seq IN rarray(?1)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
             ("SELECT id FROM deliveries WHERE id IN rarray(?1) AND status = 8", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
             ("SELECT seq, id, reply_to IS NOT NULL FROM events WHERE seq IN rarray(?1)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
         ] {

@@ -1045,16 +1045,20 @@ impl State {
                 _ => per_event.push((seq, 1, code)),
             }
         }
-        // One keyed update per event: `UPDATE .. FROM (VALUES ..)` copies its rows into a
-        // temporary b-tree first, and a run of outcomes rarely fills a chunk.
+        // One statement per (count, code) pair over the events' `seq`s, usually one for the whole
+        // run (each event had one delivery, which succeeded). SQLite copies the `rarray` list into a
+        // temporary b-tree first, but that costs less than a statement per event: under callgrind,
+        // 5.5k fewer writer instructions per event claimed and acknowledged.
+        per_event.sort_unstable_by_key(|&(seq, n, code)| (n, code, seq));
         let mut stmt = self.conn.prepare_cached(
             "UPDATE OR FAIL events SET open = open - ?2, worst = MAX(worst, ?3),
                  status = CASE WHEN open > ?2 THEN status ELSE MAX(worst, ?3) END,
                  finished_at = CASE WHEN open > ?2 THEN finished_at ELSE COALESCE(finished_at, ?4) END
-               WHERE seq = ?1",
+               WHERE seq IN rarray(?1)",
         )?;
-        for (seq, n, code) in per_event {
-            stmt.execute((seq, n, code, now.as_millis()))?;
+        for group in per_event.chunk_by(|a, b| (a.1, a.2) == (b.1, b.2)) {
+            let seqs: Array = Rc::new(group.iter().map(|&(seq, _, _)| Value::Integer(seq)).collect());
+            stmt.execute((seqs, group[0].1, group[0].2, now.as_millis()))?;
         }
         Ok(())
     }
