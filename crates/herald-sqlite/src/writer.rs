@@ -166,7 +166,7 @@ impl Writer {
                     subs,
                     routes: HashMap::new(),
                     recent: Recent::new(),
-                    requests: Requests::new(),
+                    leases: Leases::new(),
                     done: done_tx,
                     busy: writer_busy,
                 };
@@ -257,43 +257,41 @@ impl Recent {
     }
 }
 
-/// What the outcome of a claimed delivery needs from its event (whether it is a request, and its
-/// id to wake the requester), noted at the claim, which has the event at hand: the outcome then
-/// reads the delivery's row only, not its event's too. A delivery belongs to one event for good
-/// and its id is never given to another, so an entry is never wrong, even one noted by a claim
-/// that was undone; a missing one is read from the file.
-struct Requests {
-    /// Per claimed delivery: its event's id if the event asked for an answer.
-    by_delivery: HashMap<DeliveryId, Option<EventId>>,
+/// The leases the claims gave, as the claims wrote them: an outcome naming one of these (its
+/// token included) needs nothing read from the file, not the delivery's row nor its event's. Its
+/// update is guarded by the same `status = 8 AND token = ?` a read would check, so an entry that no
+/// longer holds (the delivery was cancelled, expired, or its claim undone) makes the outcome stale,
+/// as the read would have; and since only claims lease a delivery and each notes what it wrote
+/// here, a row that passes the guard is the one the entry describes. A lease not noted (after a
+/// restart, say, or once the map was emptied) is read from the file.
+struct Leases {
+    by_delivery: HashMap<DeliveryId, Leased>,
 }
 
-impl Requests {
-    /// How many deliveries it keeps: more than any runtime holds leased at once. When full it is
-    /// emptied (outcomes then read their events until it fills again).
+impl Leases {
+    /// How many leases it keeps: more than any runtime holds at once. When full it is emptied
+    /// (outcomes then read their deliveries until it fills again).
     const CAPACITY: usize = 1 << 16;
 
     fn new() -> Self {
-        Requests {
+        Leases {
             by_delivery: HashMap::new(),
         }
     }
 
-    fn note(&mut self, delivery: DeliveryId, event: &Event) {
+    fn note(&mut self, delivery: DeliveryId, lease: Leased) {
         if self.by_delivery.len() >= Self::CAPACITY {
             self.by_delivery.clear();
         }
-        self.by_delivery
-            .insert(delivery, event.reply_to().is_some().then(|| event.id()));
+        self.by_delivery.insert(delivery, lease);
     }
 
-    /// `Some(request)` if known; `None` if not noted.
-    fn get(&self, delivery: DeliveryId) -> Option<Option<EventId>> {
-        self.by_delivery.get(&delivery).copied()
-    }
-
-    /// Forgets a delivery whose outcome is recorded (or whose lease ended otherwise).
-    fn forget(&mut self, delivery: DeliveryId) {
-        self.by_delivery.remove(&delivery);
+    /// Takes the entry of `delivery` out if it holds `token`.
+    fn take(&mut self, delivery: DeliveryId, token: i64) -> Option<Leased> {
+        match self.by_delivery.get(&delivery) {
+            Some(l) if l.token == token => self.by_delivery.remove(&delivery),
+            _ => None,
+        }
     }
 }
 
@@ -305,7 +303,7 @@ struct State {
     subs: Vec<SubscriptionRow>,
     routes: HashMap<Topic, Arc<[i64]>>,
     recent: Recent,
-    requests: Requests,
+    leases: Leases,
     /// Where committed groups go to be synced and answered, in commit order.
     done: Sender<Done>,
     /// Set from when the writer takes a group until it hands over the group's last part: the sync
@@ -946,7 +944,17 @@ impl State {
             }
             // One delivery per event and subscription: each event is claimed once here.
             let event = events.remove(&c.event).ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-            self.requests.note(c.id, &event);
+            self.leases.note(
+                c.id,
+                Leased {
+                    token: c.token + 1,
+                    event: c.event,
+                    attempt: c.attempts + 1,
+                    due: c.due,
+                    request: Some(event.reply_to().is_some().then(|| event.id())),
+                    started_at: Some(now.as_millis()),
+                },
+            );
             out.push(Claimed::new(
                 Lease {
                     delivery: c.id,
@@ -1083,18 +1091,22 @@ impl State {
         counts: &mut Counts,
         fx: &mut Effects,
     ) -> rusqlite::Result<Vec<Completion>> {
-        // Every leased delivery the outcomes name, in one statement.
-        let ids: Array = Rc::new(
-            outcomes
-                .iter()
-                .map(|o| Value::Blob(o.lease.delivery.as_uuid().as_bytes().to_vec()))
-                .collect(),
-        );
+        // The leases the claims noted; the others are read, in one statement.
         let mut leased: HashMap<DeliveryId, Leased> = HashMap::with_capacity(outcomes.len());
-        // Whose events asked for an answer: known from the claims for most (see [`Requests`]),
-        // read from the events for the others.
+        let mut unread: Vec<Value> = Vec::new();
+        for o in outcomes {
+            let token = i64::try_from(o.lease.token).unwrap_or(-1);
+            match self.leases.take(o.lease.delivery, token) {
+                Some(l) => {
+                    leased.insert(o.lease.delivery, l);
+                }
+                None => unread.push(Value::Blob(o.lease.delivery.as_uuid().as_bytes().to_vec())),
+            }
+        }
+        // Whose events asked for an answer, for the leases read.
         let mut unknown: Vec<Value> = Vec::new();
-        {
+        if !unread.is_empty() {
+            let ids: Array = Rc::new(unread);
             let mut stmt = self.conn.prepare_cached(
                 "SELECT id, token, event, attempts, due, started_at FROM deliveries
                   WHERE id IN rarray(?1) AND status = 8",
@@ -1103,21 +1115,15 @@ impl State {
             while let Some(r) = rows.next()? {
                 let id = codec::delivery_id(r, 0)?;
                 let event: i64 = r.get(2)?;
-                let request = self.requests.get(id);
-                if request.is_none() {
-                    unknown.push(Value::Integer(event));
-                }
-                leased.insert(
-                    id,
-                    Leased {
-                        token: r.get::<_, i64>(1)?,
-                        event,
-                        attempt: r.get(3)?,
-                        due: codec::ts(r, 4)?,
-                        request,
-                        started_at: r.get(5)?,
-                    },
-                );
+                unknown.push(Value::Integer(event));
+                leased.entry(id).or_insert(Leased {
+                    token: r.get::<_, i64>(1)?,
+                    event,
+                    attempt: r.get(3)?,
+                    due: codec::ts(r, 4)?,
+                    request: None,
+                    started_at: r.get(5)?,
+                });
             }
         }
         if !unknown.is_empty() {
@@ -1139,8 +1145,21 @@ impl State {
         }
         let mut out = Vec::with_capacity(outcomes.len());
         let mut finished: Vec<Finish<'_>> = Vec::with_capacity(outcomes.len());
-        let mut released: Vec<DeliveryId> = Vec::new();
         let mut ended_events: Vec<(i64, i64)> = Vec::new();
+        // Each delivery moves by its key, guarded by its lease (see [`Leases`]): a multi-row
+        // `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table. A
+        // delivery whose attempt succeeded keeps that attempt's end (its start is there since the
+        // claim).
+        let mut finish = self.conn.prepare_cached(
+            "UPDATE OR FAIL deliveries SET status = ?3, due = COALESCE(?4, due), last_error = COALESCE(?5, last_error),
+                 reply = COALESCE(?6, reply), finished_at = ?7
+              WHERE id = ?1 AND status = 8 AND token = ?2",
+        )?;
+        // A released attempt is not recorded: it never had a row, and its number is given back.
+        let mut release = self.conn.prepare_cached(
+            "UPDATE deliveries SET status = 6, attempts = attempts - 1, started_at = NULL
+              WHERE id = ?1 AND status = 8 AND token = ?2",
+        )?;
         for o in outcomes {
             let token = i64::try_from(o.lease.token).unwrap_or(-1);
             // Taken out once applied: a second outcome for the same lease is stale.
@@ -1152,9 +1171,9 @@ impl State {
                 out.push(Completion::Stale);
                 continue;
             };
-            self.requests.forget(o.lease.delivery);
+            let id_bytes = *o.lease.delivery.as_uuid().as_bytes();
+            let id = &id_bytes[..];
             let mut f = Finish {
-                id: o.lease.delivery,
                 attempt: l.attempt,
                 started_at: l.started_at.unwrap_or(now.as_millis()),
                 finished_at: o.finished_at,
@@ -1163,31 +1182,27 @@ impl State {
                 to: status::SUCCEEDED,
                 due: None,
                 reply: None,
+                id: o.lease.delivery,
             };
+            let request = l.request.flatten();
             match &o.verdict {
-                Verdict::Succeeded { reply } => {
-                    f.reply = reply.as_deref();
-                    if let Some(Some(event_id)) = l.request {
-                        fx.wakeups.push(Wakeup::Answered(event_id));
-                    }
-                }
+                Verdict::Succeeded { reply } => f.reply = reply.as_deref(),
                 Verdict::Retry { at, error } => {
                     f.outcome = outcome::FAILED;
                     f.error = Some(error);
                     f.to = status::RETRYING;
                     f.due = Some(*at);
-                    fx.wakeups.push(Wakeup::Due(*at));
                 }
                 Verdict::Dead { reason } => {
                     f.outcome = outcome::DEAD;
                     f.error = Some(reason);
                     f.to = status::DEAD;
-                    if let Some(Some(event_id)) = l.request {
-                        fx.wakeups.push(Wakeup::Answered(event_id));
-                    }
                 }
                 Verdict::Released => {
-                    released.push(o.lease.delivery);
+                    if release.execute((id, token))? == 0 {
+                        out.push(Completion::Stale);
+                        continue;
+                    }
                     fx.wakeups.push(Wakeup::Due(l.due));
                     counts.shift(status::ACTIVE, status::PENDING);
                     out.push(Completion::Applied);
@@ -1200,6 +1215,25 @@ impl State {
                     continue;
                 }
             }
+            let succeeded = f.outcome == outcome::SUCCEEDED;
+            let moved = finish.execute((
+                id,
+                token,
+                f.to,
+                f.due.map(Timestamp::as_millis),
+                f.error,
+                f.reply,
+                succeeded.then_some(f.finished_at.as_millis()),
+            ))?;
+            if moved == 0 {
+                out.push(Completion::Stale);
+                continue;
+            }
+            match (f.to, request) {
+                (status::RETRYING, _) => fx.wakeups.extend(f.due.map(Wakeup::Due)),
+                (_, Some(event_id)) => fx.wakeups.push(Wakeup::Answered(event_id)),
+                _ => {}
+            }
             counts.shift(status::ACTIVE, f.to);
             if f.to <= status::DEAD {
                 ended_events.push((l.event, f.to));
@@ -1207,20 +1241,12 @@ impl State {
             finished.push(f);
             out.push(Completion::Applied);
         }
+        drop((finish, release));
         // A succeeded attempt stays in its delivery (`started_at`, `finished_at`): only the others
         // get a row.
         let recorded: Vec<&Finish<'_>> = finished.iter().filter(|f| f.outcome != outcome::SUCCEEDED).collect();
         for chunk in chunks(&recorded) {
             self.finish_attempts(chunk)?;
-        }
-        self.finish_deliveries(&finished)?;
-        // A released attempt is not recorded: it never had a row, and its number is given back.
-        for id in released {
-            self.conn
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 6, attempts = attempts - 1, started_at = NULL WHERE id = ?1",
-                )?
-                .execute([&id.as_uuid().as_bytes()[..]])?;
         }
         self.roll_up(ended_events, now)?;
         Ok(out)
@@ -1248,29 +1274,6 @@ impl State {
             i += 6;
         }
         stmt.raw_execute()?;
-        Ok(())
-    }
-
-    /// Moves the deliveries of `finished` to their new status, one keyed update each: a multi-row
-    /// `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table. A delivery
-    /// whose attempt succeeded keeps that attempt's end (its start is there since the claim).
-    fn finish_deliveries(&self, finished: &[Finish<'_>]) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE OR FAIL deliveries SET status = ?2, due = COALESCE(?3, due), last_error = COALESCE(?4, last_error),
-                 reply = COALESCE(?5, reply), finished_at = ?6
-              WHERE id = ?1",
-        )?;
-        for f in finished {
-            let succeeded = f.outcome == outcome::SUCCEEDED;
-            stmt.execute((
-                &f.id.as_uuid().as_bytes()[..],
-                f.to,
-                f.due.map(Timestamp::as_millis),
-                f.error,
-                f.reply,
-                succeeded.then_some(f.finished_at.as_millis()),
-            ))?;
-        }
         Ok(())
     }
 
