@@ -180,8 +180,15 @@ CREATE INDEX events_open ON events(seq) WHERE status = 9;
 /// succeeded has. Reads show it after the delivery's other attempts. The common life of a delivery
 /// (claimed once, succeeded) then writes no attempt row at all. Files of earlier versions keep the
 /// rows they have; their deliveries have no `finished_at`, so nothing is shown twice.
+///
+/// `deliveries_waiting` also holds what a claim reads of a waiting delivery (its expiry, event,
+/// status, attempts and token), so that a claim reads the index alone, not each delivery's row
+/// too.
 const V5: &str = "
 ALTER TABLE deliveries ADD COLUMN finished_at INTEGER;
+DROP INDEX deliveries_waiting;
+CREATE INDEX deliveries_waiting ON deliveries(sub, priority, due, expires_at, event, status, attempts, token)
+    WHERE status BETWEEN 5 AND 7;
 ";
 
 /// Each migration takes the schema from version `i` to `i + 1`.
@@ -311,7 +318,7 @@ mod plans {
         );
         let p = plan(&conn, waiting);
         assert!(
-            p.contains("USING INDEX deliveries_waiting (sub=? AND priority=? AND due<?)"),
+            p.contains("USING COVERING INDEX deliveries_waiting (sub=? AND priority=? AND due<?)"),
             "{p}"
         );
         assert!(!p.contains("TEMP B-TREE"), "{waiting}\n{p}");
