@@ -222,16 +222,22 @@ struct Effects {
 /// event's `seq` may be given to a new one).
 struct Recent {
     events: VecDeque<(i64, Event)>,
+    /// The payload bytes of `events`.
+    bytes: usize,
 }
 
 impl Recent {
-    /// How many events it keeps: enough for the deliveries a busy runtime claims within a few
-    /// groups, small next to SQLite's page cache.
-    const CAPACITY: usize = 4096;
+    /// How many events it keeps at most: enough for a burst of publishes claimed right after
+    /// (a claim of an event not kept reads and decodes its row).
+    const CAPACITY: usize = 16_384;
+    /// How many bytes of payload it keeps at most, so that large events cannot make it hold much
+    /// memory: as much as SQLite's page cache of the writer.
+    const PAYLOAD_BYTES: usize = 16 << 20;
 
     fn new() -> Self {
         Recent {
-            events: VecDeque::with_capacity(Self::CAPACITY),
+            events: VecDeque::new(),
+            bytes: 0,
         }
     }
 
@@ -243,16 +249,19 @@ impl Recent {
     fn apply(&mut self, fx: &mut Effects) {
         if fx.purged {
             self.events.clear();
+            self.bytes = 0;
         }
         for (seq, event) in fx.published.drain(..) {
             // `seq`s only grow while nothing is purged; anything else is not kept.
             if self.events.back().is_some_and(|(last, _)| *last >= seq) {
                 continue;
             }
-            if self.events.len() == Self::CAPACITY {
-                self.events.pop_front();
-            }
+            self.bytes += event.payload().len();
             self.events.push_back((seq, event));
+            while self.events.len() > Self::CAPACITY || self.bytes > Self::PAYLOAD_BYTES {
+                let Some((_, old)) = self.events.pop_front() else { break };
+                self.bytes -= old.payload().len();
+            }
         }
     }
 }
