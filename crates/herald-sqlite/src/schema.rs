@@ -304,6 +304,20 @@ mod plans {
         }
     }
 
+    /// The multi-row updates by primary key run in one pass: the only temporary b-tree is the
+    /// sorted `IN` list itself, none collecting the keys of the rows to update first.
+    #[test]
+    fn multi_row_updates_by_key_run_in_one_pass() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        for n in [3, 32] {
+            let sql = crate::writer::lease_sql(n);
+            let ops = opcodes(&conn, &sql);
+            let temporary = ops.iter().filter(|o| *o == "OpenEphemeral").count();
+            assert!(temporary <= 1, "{sql}: {ops:?}");
+        }
+    }
+
     #[test]
     fn hot_statements_use_their_indexes() {
         let mut conn = Connection::open_in_memory().unwrap();
