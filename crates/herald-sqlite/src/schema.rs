@@ -311,10 +311,11 @@ mod plans {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         for n in [3, 32] {
-            let sql = crate::writer::lease_sql(n);
-            let ops = opcodes(&conn, &sql);
-            let temporary = ops.iter().filter(|o| *o == "OpenEphemeral").count();
-            assert!(temporary <= 1, "{sql}: {ops:?}");
+            for sql in [crate::writer::lease_sql(n), crate::writer::succeed_sql(n)] {
+                let ops = opcodes(&conn, &sql);
+                let temporary = ops.iter().filter(|o| *o == "OpenEphemeral").count();
+                assert!(temporary <= 1, "{sql}: {ops:?}");
+            }
         }
     }
 

@@ -167,6 +167,7 @@ impl Writer {
                     routes: HashMap::new(),
                     recent: Recent::new(),
                     leases: Leases::new(),
+                    lease_missed: false,
                     done: done_tx,
                     busy: writer_busy,
                 };
@@ -267,12 +268,16 @@ impl Recent {
 }
 
 /// The leases the claims gave, as the claims wrote them: an outcome naming one of these (its
-/// token included) needs nothing read from the file, not the delivery's row nor its event's. Its
-/// update is guarded by the same `status = 8 AND token = ?` a read would check, so an entry that no
-/// longer holds (the delivery was cancelled, expired, or its claim undone) makes the outcome stale,
-/// as the read would have; and since only claims lease a delivery and each notes what it wrote
-/// here, a row that passes the guard is the one the entry describes. A lease not noted (after a
-/// restart, say, or once the map was emptied) is read from the file.
+/// token included) needs nothing read from the file, not the delivery's row nor its event's.
+///
+/// An entry holds while its delivery is leased with its token: only claims lease a delivery or
+/// change its token, and each notes what it wrote here; a lease that ends other than by an
+/// outcome (its subscription removed, its event expired) is forgotten where the writer ends it, a
+/// claim again after the lease ran out replaces it, and every entry is dropped when a transaction
+/// is undone. The updates an outcome makes still check `status = 8` (and the less common ones the
+/// token too), and a group whose outcomes find a lease not holding is undone and runs again,
+/// reading its leases from the file. A lease not noted (after a restart, say,
+/// or once the map was emptied) is read from the file.
 struct Leases {
     by_delivery: HashMap<DeliveryId, Leased>,
 }
@@ -295,6 +300,11 @@ impl Leases {
         self.by_delivery.insert(delivery, lease);
     }
 
+    /// Forgets the lease of `delivery`, which ended other than by an outcome.
+    fn forget(&mut self, delivery: DeliveryId) {
+        self.by_delivery.remove(&delivery);
+    }
+
     /// Takes the entry of `delivery` out if it holds `token`.
     fn take(&mut self, delivery: DeliveryId, token: i64) -> Option<Leased> {
         match self.by_delivery.get(&delivery) {
@@ -313,6 +323,9 @@ struct State {
     routes: HashMap<Topic, Arc<[i64]>>,
     recent: Recent,
     leases: Leases,
+    /// Set when a run of outcomes found a lease noted in `leases` not holding, which undoes its
+    /// transaction: the group then runs once more (see [`State::commit_part`]).
+    lease_missed: bool,
     /// Where committed groups go to be synced and answered, in commit order.
     done: Sender<Done>,
     /// Set from when the writer takes a group until it hands over the group's last part: the sync
@@ -371,7 +384,13 @@ impl State {
         let (commands, replies): (Vec<Command>, Vec<_>) = group.into_iter().map(|r| (r.command, r.reply)).unzip();
         let sync = Self::needs_sync(&commands);
         let mut wakeups = Vec::new();
-        let results: Vec<Result<Reply, StoreError>> = match self.run_group(&commands, &mut wakeups) {
+        let mut applied = self.run_group(&commands, &mut wakeups);
+        if applied.is_err() && std::mem::take(&mut self.lease_missed) {
+            // A lease the writer had noted did not hold (see [`Leases`]), and the notes are gone
+            // with the undone transaction: once more, reading the leases from the file.
+            applied = self.run_group(&commands, &mut wakeups);
+        }
+        let results: Vec<Result<Reply, StoreError>> = match applied {
             Ok(results) => results,
             Err(_) if commands.len() > 1 => {
                 // Something failed and undid the whole group: run each command on its own, so
@@ -450,6 +469,9 @@ impl State {
         };
         if let Err(e) = committed {
             let _ = self.exec("ROLLBACK");
+            // What the undone claims noted may not hold: outcomes read their leases from the file
+            // until claims note them again.
+            self.leases.by_delivery.clear();
             // Routing learnt from a declare that did not commit must be forgotten.
             if fx.declared {
                 self.reload_subscriptions();
@@ -643,6 +665,7 @@ impl State {
                 .collect::<rusqlite::Result<Vec<(i64, i64, DeliveryId, u32, Option<i64>)>>>()?;
             for (event, from, delivery, number, started) in rows {
                 if from == status::ACTIVE {
+                    self.leases.forget(delivery);
                     // The running attempt stays in the history, unfinished.
                     self.conn
                         .prepare_cached(
@@ -998,6 +1021,7 @@ impl State {
         for (delivery, event, from, attempts, started) in rows {
             counts.shift(from, status::EXPIRED);
             if from == status::ACTIVE {
+                self.leases.forget(delivery);
                 self.close_lost_attempt(delivery, attempts, started, now)?;
             }
             self.refresh_event(event, now)?;
@@ -1155,6 +1179,8 @@ impl State {
             }
         }
         let mut out = Vec::with_capacity(outcomes.len());
+        // Successes without a reply (the common outcome): the delivery and when it ended.
+        let mut plain: Vec<(DeliveryId, i64)> = Vec::with_capacity(outcomes.len());
         let mut finished: Vec<Finish<'_>> = Vec::with_capacity(outcomes.len());
         let mut ended_events: Vec<(i64, i64)> = Vec::new();
         // Each delivery moves by its key, guarded by its lease (see [`Leases`]): a multi-row
@@ -1227,7 +1253,10 @@ impl State {
                 }
             }
             let succeeded = f.outcome == outcome::SUCCEEDED;
-            let moved = finish.execute((
+            if succeeded && f.reply.is_none() {
+                // Moved with the others like it after the loop, all at once.
+                plain.push((o.lease.delivery, f.finished_at.as_millis()));
+            } else if finish.execute((
                 id,
                 token,
                 f.to,
@@ -1235,8 +1264,8 @@ impl State {
                 f.error,
                 f.reply,
                 succeeded.then_some(f.finished_at.as_millis()),
-            ))?;
-            if moved == 0 {
+            ))? == 0
+            {
                 out.push(Completion::Stale);
                 continue;
             }
@@ -1253,6 +1282,25 @@ impl State {
             out.push(Completion::Applied);
         }
         drop((finish, release));
+        // The plain successes, a statement per chunk of those that ended at the same millisecond
+        // (a run's outcomes end at a few). Their leases are known to hold (see [`Leases`]): a row
+        // not moved means one ended where the writer could not see it, and the whole group is
+        // undone and runs again, reading every lease from the file.
+        plain.sort_unstable_by_key(|&(_, at)| at);
+        for same in plain.chunk_by(|a, b| a.1 == b.1) {
+            for chunk in chunks(same) {
+                let mut stmt = self.conn.prepare_cached(&succeed_sql(chunk.len()))?;
+                stmt.raw_bind_parameter(1, chunk[0].1)?;
+                for (i, (id, _)) in chunk.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 2, &id.as_uuid().as_bytes()[..])?;
+                }
+                let moved = stmt.raw_execute()?;
+                if moved != chunk.len() {
+                    self.lease_missed = true;
+                    return Err(rusqlite::Error::StatementChangedRows(moved));
+                }
+            }
+        }
         // A succeeded attempt stays in its delivery (`started_at`, `finished_at`): only the others
         // get a row.
         let recorded: Vec<&Finish<'_>> = finished.iter().filter(|f| f.outcome != outcome::SUCCEEDED).collect();
@@ -1552,6 +1600,17 @@ pub(crate) fn lease_sql(n: usize) -> String {
             SET claimed_from = status, status = 8, attempts = attempts + 1, token = token + 1,
                 lease_until = ?1, started_at = ?2
           WHERE id IN (",
+        "?",
+        n,
+        ")",
+    )
+}
+
+/// The update of `n` deliveries whose attempts succeeded without a reply, all at the same time
+/// (`?1`), listed by id: one pass over the rows (as [`lease_sql`]).
+pub(crate) fn succeed_sql(n: usize) -> String {
+    values_sql(
+        "UPDATE OR FAIL deliveries SET status = 1, finished_at = ?1 WHERE status = 8 AND id IN (",
         "?",
         n,
         ")",
