@@ -311,7 +311,11 @@ mod plans {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         for n in [3, 32] {
-            for sql in [crate::writer::lease_sql(n), crate::writer::succeed_sql(n)] {
+            for sql in [
+                crate::writer::lease_sql(n),
+                crate::writer::succeed_sql(n),
+                crate::writer::roll_up_sql(n),
+            ] {
                 let ops = opcodes(&conn, &sql);
                 let temporary = ops.iter().filter(|o| *o == "OpenEphemeral").count();
                 assert!(temporary <= 1, "{sql}: {ops:?}");
@@ -353,7 +357,7 @@ mod plans {
             ("SELECT seq, status FROM events WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2", "INDEX events_finished"),
             // The statements of a group's outcomes and claims seek each row by its key.
             ("UPDATE deliveries SET status = ?2 WHERE id = ?1", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
-            ("UPDATE events SET open = open - ?2 WHERE seq IN rarray(?1)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
+            ("UPDATE events SET open = open - ?1 WHERE seq IN (?2, ?3, ?4)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
             ("SELECT id FROM deliveries WHERE id IN rarray(?1) AND status = 8", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
             ("SELECT seq, id, reply_to IS NOT NULL FROM events WHERE seq IN rarray(?1)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
         ] {
