@@ -345,6 +345,7 @@ mod plans {
             ("SELECT due FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due > ?2 ORDER BY due LIMIT 1", "COVERING INDEX deliveries_later (sub=? AND due>?)"),
             ("SELECT lease_until FROM deliveries WHERE sub = ?1 AND status = 8 AND lease_until > ?2 ORDER BY lease_until LIMIT 1", "COVERING INDEX deliveries_leased (sub=? AND lease_until>?)"),
             ("SELECT COUNT(*), COALESCE(SUM(status = 7), 0) FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due <= ?2", "COVERING INDEX deliveries_later (sub=? AND due<?)"),
+            ("SELECT 1 FROM deliveries WHERE sub = ?1 AND expires_at IS NOT NULL AND status >= 5 AND expires_at <= ?2 LIMIT 1", "INDEX deliveries_expiring (sub=? AND expires_at>? AND expires_at<?)"),
             ("UPDATE deliveries SET status = 2 WHERE sub = ?1 AND expires_at IS NOT NULL AND status >= 5 AND expires_at <= ?2 AND ((status BETWEEN 5 AND 7 AND due <= ?2) OR (status = 8 AND lease_until <= ?2))", "INDEX deliveries_expiring (sub=?"),
             ("SELECT seq FROM events e WHERE 1 AND e.seq < ? AND e.topic = ? AND e.status = 1 AND e.status < 9 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
             ("SELECT seq FROM events e WHERE 1 AND e.seq < COALESCE((SELECT seq FROM events WHERE id = ?1), (SELECT seq + 1 FROM events WHERE id < ?1 ORDER BY id DESC LIMIT 1), 0) AND e.topic = ? AND e.status = 1 AND e.status < 9 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
