@@ -935,7 +935,7 @@ impl State {
         // by one from what was just read in this transaction. (SQLite updates the rows of an
         // `IN` list of parameters on the primary key in one pass; an `IN rarray(..)` list would be
         // copied into a temporary b-tree first, and a statement per row costs several times more.)
-        for chunk in chunks(&rows) {
+        for chunk in list_chunks(&rows) {
             let mut stmt = self.conn.prepare_cached(&lease_sql(chunk.len()))?;
             stmt.raw_bind_parameter(1, lease_until.as_millis())?;
             stmt.raw_bind_parameter(2, now.as_millis())?;
@@ -1107,7 +1107,7 @@ impl State {
         // temporary b-tree first), and costs much less than a statement per event.
         per_event.sort_unstable_by_key(|&(seq, n, code)| (n, code, seq));
         for group in per_event.chunk_by(|a, b| (a.1, a.2) == (b.1, b.2)) {
-            for chunk in chunks(group) {
+            for chunk in list_chunks(group) {
                 let mut stmt = self.conn.prepare_cached(&roll_up_sql(chunk.len()))?;
                 stmt.raw_bind_parameter(1, chunk[0].1)?;
                 stmt.raw_bind_parameter(2, chunk[0].2)?;
@@ -1303,7 +1303,7 @@ impl State {
         // undone and runs again, reading every lease from the file.
         plain.sort_unstable_by_key(|&(_, at)| at);
         for same in plain.chunk_by(|a, b| a.1 == b.1) {
-            for chunk in chunks(same) {
+            for chunk in list_chunks(same) {
                 let mut stmt = self.conn.prepare_cached(&succeed_sql(chunk.len()))?;
                 stmt.raw_bind_parameter(1, chunk[0].1)?;
                 for (i, (id, _)) in chunk.iter().enumerate() {
@@ -1646,6 +1646,29 @@ pub(crate) fn succeed_sql(n: usize) -> String {
     )
 }
 
+/// The longest `IN (?, ..)` list of a multi-row update.
+const MAX_LIST: usize = 32;
+
+/// The shortest `IN (?, ..)` list of a multi-row update: SQLite copies a list of two or more into
+/// a temporary b-tree, which costs about as much as a few statements of one row each (under
+/// callgrind), so fewer rows go one by one (`IN (?)` being an equality).
+const MIN_LIST: usize = 6;
+
+/// Splits `rows` into lists of [`MAX_LIST`] rows, then one of what is left if that is at least
+/// [`MIN_LIST`] rows, else single rows. A statement is prepared for each length in use.
+fn list_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = match rows.len() {
+            0 => return None,
+            n if n >= MIN_LIST => n.min(MAX_LIST),
+            _ => 1,
+        };
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
 /// `head`, then `row` `n` times separated by commas, then `tail`.
 fn values_sql(head: &str, row: &str, n: usize, tail: &str) -> String {
     let mut sql = String::with_capacity(head.len() + (row.len() + 1) * n + tail.len());
@@ -1678,4 +1701,24 @@ fn copy_error(e: &StoreError) -> StoreError {
 /// Checks that a pattern read back from the file is valid.
 pub(crate) fn pattern_from(text: &str, index: usize) -> rusqlite::Result<Pattern> {
     Pattern::new(text).map_err(|e| codec::bad_column(index, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lengths(n: usize) -> Vec<usize> {
+        let rows = vec![0u8; n];
+        list_chunks(&rows).map(<[u8]>::len).collect()
+    }
+
+    #[test]
+    fn lists_are_long_or_single_rows() {
+        assert_eq!(lengths(0), Vec::<usize>::new());
+        assert_eq!(lengths(3), vec![1, 1, 1]);
+        assert_eq!(lengths(MIN_LIST), vec![MIN_LIST]);
+        assert_eq!(lengths(29), vec![29]);
+        assert_eq!(lengths(70), vec![32, 32, 6]);
+        assert_eq!(lengths(34), vec![32, 1, 1]);
+    }
 }
