@@ -4,8 +4,9 @@
 //! Callers queue a [`Command`] and wait until its transaction is durable. The thread takes every
 //! command queued while it was busy and commits them in one transaction (claims and lease
 //! extensions go first, in a transaction of their own). Runs of publishes and of outcomes in a
-//! group are applied as one: a statement per table for the whole run (multi-row inserts, updates
-//! joined to a `VALUES` list, `rarray` lists of ids), not one per row. If a statement fails, the
+//! group are applied as one: few statements per table for the whole run (multi-row inserts,
+//! updates of the rows listed by key, `rarray` lists of ids to read), not one per row. An outcome
+//! for a lease this writer gave reads nothing from the file (see [`Leases`]). If a statement fails, the
 //! group is undone and each command runs again on its own, so one failing write does not refuse
 //! the others.
 //!
