@@ -328,7 +328,11 @@ mod plans {
         let mut conn = Connection::open_in_memory().unwrap();
         rusqlite::vtab::array::load_module(&conn).unwrap();
         migrate(&mut conn).unwrap();
-        let [leased, waiting] = crate::writer::CLAIM_SQL_FOR_TESTS;
+        let [leased, waiting, top] = crate::writer::CLAIM_SQL_FOR_TESTS;
+        // The highest priority waiting: one seek to the end of the subscription's range.
+        let p = plan(&conn, top);
+        assert!(p.contains("COVERING INDEX deliveries_waiting (sub=?)"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{top}\n{p}");
         // The leases that ran out are few: they are sorted by priority once found.
         let p = plan(&conn, leased);
         assert!(

@@ -926,8 +926,15 @@ impl State {
             .query_map((sub, now.as_millis(), limit), read)?
             .collect::<rusqlite::Result<_>>()?;
         let lost = found.len();
+        // The ranges start at the highest priority anything waits at (one seek to the end of the
+        // subscription's part of the index), not at 10: most deliveries have one priority, and
+        // each empty range read costs a statement.
+        let top: Option<u8> = self.conn.prepare_cached(CLAIM_TOP)?.query_row([sub], |r| r.get(0))?;
+        let Some(top) = top else {
+            return Ok(found);
+        };
         let mut leg = self.conn.prepare_cached(CLAIM_WAITING)?;
-        for priority in (0..=10u8).rev() {
+        for priority in (0..=top.min(10)).rev() {
             let missing = max - (found.len() - lost);
             if missing == 0 {
                 break;
@@ -1491,6 +1498,9 @@ const CLAIM_LEASED: &str = "SELECT id, event, status, attempts, token, due, prio
      WHERE sub = ?1 AND status = 8 AND lease_until <= ?2 AND (expires_at IS NULL OR expires_at > ?2)
      ORDER BY priority DESC, due LIMIT ?3";
 
+/// The highest priority of a delivery of `?1` waiting (due or not), `NULL` if none waits.
+const CLAIM_TOP: &str = "SELECT MAX(priority) FROM deliveries WHERE sub = ?1 AND status BETWEEN 5 AND 7";
+
 /// The deliveries of `?1` at priority `?4` waiting and due by `?2`, oldest due first, up to `?3`.
 ///
 /// It reads `deliveries_waiting` alone (a covering index): `started_at`, which only a claim again
@@ -1738,7 +1748,7 @@ fn values_sql(head: &str, row: &str, n: usize, tail: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) const CLAIM_SQL_FOR_TESTS: [&str; 2] = [CLAIM_LEASED, CLAIM_WAITING];
+pub(crate) const CLAIM_SQL_FOR_TESTS: [&str; 3] = [CLAIM_LEASED, CLAIM_WAITING, CLAIM_TOP];
 
 /// A copy of a store error for each caller of a failed group (the source chain is flattened into
 /// the message, since it cannot be cloned).
