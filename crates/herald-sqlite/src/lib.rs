@@ -273,8 +273,9 @@ fn open(path: PathBuf, clock: Clock, temporary: Option<PathBuf>) -> Result<Sqlit
     // `rarray(?)`: the writer passes lists of ids to set-based statements.
     rusqlite::vtab::array::load_module(&conn).map_err(sql)?;
     // Every statement the writer runs stays prepared (rusqlite keeps 16 by default, fewer than
-    // the writer has: re-preparing the claim statement would cost more than running it).
-    conn.set_prepared_statement_cache_capacity(128);
+    // the writer has: re-preparing the claim statement would cost more than running it). The
+    // multi-row updates alone are prepared for up to 27 list lengths each.
+    conn.set_prepared_statement_cache_capacity(256);
     // A prepared statement keeps its plan whatever values are bound: without this, SQLite (built
     // with STAT4) prepares range statements again when their bound times change, which cost more
     // than running them.

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
 use herald_core::{
-    Attempt, DeliveryRecord, EventFilter, EventId, EventRecord, EventStatus, Page, PageRequest, Pattern, StoreError,
-    SubscriptionName, Timestamp,
+    Attempt, AttemptOutcome, DeliveryRecord, EventFilter, EventId, EventRecord, EventStatus, Page, PageRequest,
+    Pattern, StoreError, SubscriptionName, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -81,7 +81,7 @@ fn deliveries(
     now: Timestamp,
 ) -> rusqlite::Result<Vec<DeliveryRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, sub, status, attempts, due, last_error, reply, started_at FROM deliveries WHERE event = ?1
+        "SELECT id, sub, status, attempts, due, last_error, reply, started_at, finished_at FROM deliveries WHERE event = ?1
           ORDER BY sub",
     )?;
     let mut rows = stmt.query([seq])?;
@@ -101,12 +101,24 @@ fn deliveries(
         d.reply = r.get::<_, Option<Vec<u8>>>(6)?.map(bytes::Bytes::from);
         if with_attempts {
             d.attempts = attempts(conn, r.get_ref(0)?.as_blob()?)?;
-            // The running attempt is kept in its delivery until it ends.
-            let running: Option<i64> = r.get(7)?;
-            if let (status::ACTIVE, Some(started)) = (r.get::<_, i64>(2)?, running) {
-                if d.attempts.last().is_none_or(|a| a.number < d.attempt_count) {
-                    d.attempts
-                        .push(Attempt::started(d.attempt_count, Timestamp::from_millis(started)));
+            // The running attempt, and one that succeeded, are kept in their delivery.
+            let started: Option<i64> = r.get(7)?;
+            let ended: Option<i64> = r.get(8)?;
+            let inline = match (r.get::<_, i64>(2)?, started, ended) {
+                (status::ACTIVE, Some(started), _) => {
+                    Some(Attempt::started(d.attempt_count, Timestamp::from_millis(started)))
+                }
+                (status::SUCCEEDED, Some(started), Some(ended)) => {
+                    let mut a = Attempt::started(d.attempt_count, Timestamp::from_millis(started));
+                    a.finished_at = Some(Timestamp::from_millis(ended));
+                    a.outcome = Some(AttemptOutcome::Succeeded);
+                    Some(a)
+                }
+                _ => None,
+            };
+            if let Some(a) = inline {
+                if d.attempts.last().is_none_or(|last| last.number < a.number) {
+                    d.attempts.push(a);
                 }
             }
         }

@@ -8,7 +8,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes and reads.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 
 /// `PRAGMA application_id` of a herald file: "HRLD".
 pub(crate) const APPLICATION_ID: i32 = 0x4852_4c44;
@@ -175,8 +175,24 @@ CREATE INDEX events_topic_status ON events(topic, status) WHERE status < 9;
 CREATE INDEX events_open ON events(seq) WHERE status = 9;
 ";
 
+/// Version 5: an attempt that succeeded is kept in its delivery, not in `attempts`: its start in
+/// `started_at` (where the claim put it) and its end in `finished_at`, which only a delivery that
+/// succeeded has. Reads show it after the delivery's other attempts. The common life of a delivery
+/// (claimed once, succeeded) then writes no attempt row at all. Files of earlier versions keep the
+/// rows they have; their deliveries have no `finished_at`, so nothing is shown twice.
+///
+/// `deliveries_waiting` also holds what a claim reads of a waiting delivery (its expiry, event,
+/// status, attempts and token), so that a claim reads the index alone, not each delivery's row
+/// too.
+const V5: &str = "
+ALTER TABLE deliveries ADD COLUMN finished_at INTEGER;
+DROP INDEX deliveries_waiting;
+CREATE INDEX deliveries_waiting ON deliveries(sub, priority, due, expires_at, event, status, attempts, token)
+    WHERE status BETWEEN 5 AND 7;
+";
+
 /// Each migration takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// What the file holds before any migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,12 +304,35 @@ mod plans {
         }
     }
 
+    /// The multi-row updates by primary key run in one pass: the only temporary b-tree is the
+    /// sorted `IN` list itself, none collecting the keys of the rows to update first.
+    #[test]
+    fn multi_row_updates_by_key_run_in_one_pass() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        for n in [3, 32] {
+            for sql in [
+                crate::writer::lease_sql(n),
+                crate::writer::succeed_sql(n),
+                crate::writer::roll_up_sql(n),
+            ] {
+                let ops = opcodes(&conn, &sql);
+                let temporary = ops.iter().filter(|o| *o == "OpenEphemeral").count();
+                assert!(temporary <= 1, "{sql}: {ops:?}");
+            }
+        }
+    }
+
     #[test]
     fn hot_statements_use_their_indexes() {
         let mut conn = Connection::open_in_memory().unwrap();
         rusqlite::vtab::array::load_module(&conn).unwrap();
         migrate(&mut conn).unwrap();
-        let [leased, waiting] = crate::writer::CLAIM_SQL_FOR_TESTS;
+        let [leased, waiting, top] = crate::writer::CLAIM_SQL_FOR_TESTS;
+        // The highest priority waiting: one seek to the end of the subscription's range.
+        let p = plan(&conn, top);
+        assert!(p.contains("COVERING INDEX deliveries_waiting (sub=?)"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{top}\n{p}");
         // The leases that ran out are few: they are sorted by priority once found.
         let p = plan(&conn, leased);
         assert!(
@@ -302,7 +341,7 @@ mod plans {
         );
         let p = plan(&conn, waiting);
         assert!(
-            p.contains("USING INDEX deliveries_waiting (sub=? AND priority=? AND due<?)"),
+            p.contains("USING COVERING INDEX deliveries_waiting (sub=? AND priority=? AND due<?)"),
             "{p}"
         );
         assert!(!p.contains("TEMP B-TREE"), "{waiting}\n{p}");
@@ -310,6 +349,7 @@ mod plans {
             ("SELECT due FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due > ?2 ORDER BY due LIMIT 1", "COVERING INDEX deliveries_later (sub=? AND due>?)"),
             ("SELECT lease_until FROM deliveries WHERE sub = ?1 AND status = 8 AND lease_until > ?2 ORDER BY lease_until LIMIT 1", "COVERING INDEX deliveries_leased (sub=? AND lease_until>?)"),
             ("SELECT COUNT(*), COALESCE(SUM(status = 7), 0) FROM deliveries WHERE sub = ?1 AND status IN (5, 7) AND due <= ?2", "COVERING INDEX deliveries_later (sub=? AND due<?)"),
+            ("SELECT 1 FROM deliveries WHERE sub = ?1 AND expires_at IS NOT NULL AND status >= 5 AND expires_at <= ?2 LIMIT 1", "INDEX deliveries_expiring (sub=? AND expires_at>? AND expires_at<?)"),
             ("UPDATE deliveries SET status = 2 WHERE sub = ?1 AND expires_at IS NOT NULL AND status >= 5 AND expires_at <= ?2 AND ((status BETWEEN 5 AND 7 AND due <= ?2) OR (status = 8 AND lease_until <= ?2))", "INDEX deliveries_expiring (sub=?"),
             ("SELECT seq FROM events e WHERE 1 AND e.seq < ? AND e.topic = ? AND e.status = 1 AND e.status < 9 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
             ("SELECT seq FROM events e WHERE 1 AND e.seq < COALESCE((SELECT seq FROM events WHERE id = ?1), (SELECT seq + 1 FROM events WHERE id < ?1 ORDER BY id DESC LIMIT 1), 0) AND e.topic = ? AND e.status = 1 AND e.status < 9 ORDER BY e.seq DESC", "INDEX events_topic_status (topic=? AND status=? AND rowid<?)"),
@@ -322,8 +362,9 @@ mod plans {
             ("SELECT seq, status FROM events WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2", "INDEX events_finished"),
             // The statements of a group's outcomes and claims seek each row by its key.
             ("UPDATE deliveries SET status = ?2 WHERE id = ?1", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
-            ("UPDATE events SET open = open - ?2 WHERE seq = ?1", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
-            ("SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event WHERE d.id IN rarray(?1) AND d.status = 8", "SEARCH d USING PRIMARY KEY (id=?)"),
+            ("UPDATE events SET open = open - ?1 WHERE seq IN (?2, ?3, ?4)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
+            ("SELECT id FROM deliveries WHERE id IN rarray(?1) AND status = 8", "SEARCH deliveries USING PRIMARY KEY (id=?)"),
+            ("SELECT seq, id, reply_to IS NOT NULL FROM events WHERE seq IN rarray(?1)", "SEARCH events USING INTEGER PRIMARY KEY (rowid=?)"),
         ] {
             let p = plan(&conn, sql);
             assert!(p.contains(index), "{sql}\n{p}");

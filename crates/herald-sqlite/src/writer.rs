@@ -4,8 +4,9 @@
 //! Callers queue a [`Command`] and wait until its transaction is durable. The thread takes every
 //! command queued while it was busy and commits them in one transaction (claims and lease
 //! extensions go first, in a transaction of their own). Runs of publishes and of outcomes in a
-//! group are applied as one: a statement per table for the whole run (multi-row inserts, updates
-//! joined to a `VALUES` list, `rarray` lists of ids), not one per row. If a statement fails, the
+//! group are applied as one: few statements per table for the whole run (multi-row inserts,
+//! updates of the rows listed by key, `rarray` lists of ids to read), not one per row. An outcome
+//! for a lease this writer gave reads nothing from the file (see [`Leases`]). If a statement fails, the
 //! group is undone and each command runs again on its own, so one failing write does not refuse
 //! the others.
 //!
@@ -166,6 +167,8 @@ impl Writer {
                     subs,
                     routes: HashMap::new(),
                     recent: Recent::new(),
+                    leases: Leases::new(),
+                    lease_missed: false,
                     done: done_tx,
                     busy: writer_busy,
                 };
@@ -221,16 +224,22 @@ struct Effects {
 /// event's `seq` may be given to a new one).
 struct Recent {
     events: VecDeque<(i64, Event)>,
+    /// The payload bytes of `events`.
+    bytes: usize,
 }
 
 impl Recent {
-    /// How many events it keeps: enough for the deliveries a busy runtime claims within a few
-    /// groups, small next to SQLite's page cache.
-    const CAPACITY: usize = 4096;
+    /// How many events it keeps at most: enough for a burst of publishes claimed right after
+    /// (a claim of an event not kept reads and decodes its row).
+    const CAPACITY: usize = 16_384;
+    /// How many bytes of payload it keeps at most, so that large events cannot make it hold much
+    /// memory: as much as SQLite's page cache of the writer.
+    const PAYLOAD_BYTES: usize = 16 << 20;
 
     fn new() -> Self {
         Recent {
-            events: VecDeque::with_capacity(Self::CAPACITY),
+            events: VecDeque::new(),
+            bytes: 0,
         }
     }
 
@@ -242,16 +251,103 @@ impl Recent {
     fn apply(&mut self, fx: &mut Effects) {
         if fx.purged {
             self.events.clear();
+            self.bytes = 0;
         }
         for (seq, event) in fx.published.drain(..) {
             // `seq`s only grow while nothing is purged; anything else is not kept.
             if self.events.back().is_some_and(|(last, _)| *last >= seq) {
                 continue;
             }
-            if self.events.len() == Self::CAPACITY {
-                self.events.pop_front();
-            }
+            self.bytes += event.payload().len();
             self.events.push_back((seq, event));
+            while self.events.len() > Self::CAPACITY || self.bytes > Self::PAYLOAD_BYTES {
+                let Some((_, old)) = self.events.pop_front() else { break };
+                self.bytes -= old.payload().len();
+            }
+        }
+    }
+}
+
+/// Hashes the writer's own keys (delivery ids, whose last 8 bytes are random, and `seq`s) by
+/// folding their bytes, for maps consulted for every delivery claimed and completed: SipHash, the
+/// default, cost more than a thousand writer instructions per event under callgrind. These maps
+/// are keyed by what the store generated, so nobody chooses keys to make them collide.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // The high bits pick the bucket group: spread the low ones into them.
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// The hasher of [`IdHasher`]'s maps.
+type Ids = std::hash::BuildHasherDefault<IdHasher>;
+
+/// The leases the claims gave, as the claims wrote them: an outcome naming one of these (its
+/// token included) needs nothing read from the file, not the delivery's row nor its event's.
+///
+/// An entry holds while its delivery is leased with its token: only claims lease a delivery or
+/// change its token, and each notes what it wrote here; a lease that ends other than by an
+/// outcome (its subscription removed, its event expired) is forgotten where the writer ends it, a
+/// claim again after the lease ran out replaces it, and every entry is dropped when a transaction
+/// is undone. The updates an outcome makes still check `status = 8` (and the less common ones the
+/// token too), and a group whose outcomes find a lease not holding is undone and runs again,
+/// reading its leases from the file. A lease not noted (after a restart, say,
+/// or once the map was emptied) is read from the file.
+struct Leases {
+    by_delivery: HashMap<DeliveryId, Leased, Ids>,
+}
+
+impl Leases {
+    /// How many leases it keeps: more than any runtime holds at once. When full it is emptied
+    /// (outcomes then read their deliveries until it fills again).
+    const CAPACITY: usize = 1 << 16;
+
+    fn new() -> Self {
+        Leases {
+            by_delivery: HashMap::default(),
+        }
+    }
+
+    fn note(&mut self, delivery: DeliveryId, lease: Leased) {
+        if self.by_delivery.len() >= Self::CAPACITY {
+            self.by_delivery.clear();
+        }
+        self.by_delivery.insert(delivery, lease);
+    }
+
+    /// Forgets the lease of `delivery`, which ended other than by an outcome.
+    fn forget(&mut self, delivery: DeliveryId) {
+        self.by_delivery.remove(&delivery);
+    }
+
+    /// Takes the entry of `delivery` out if it holds `token`.
+    fn take(&mut self, delivery: DeliveryId, token: i64) -> Option<Leased> {
+        match self.by_delivery.get(&delivery) {
+            Some(l) if l.token == token => self.by_delivery.remove(&delivery),
+            _ => None,
         }
     }
 }
@@ -264,6 +360,10 @@ struct State {
     subs: Vec<SubscriptionRow>,
     routes: HashMap<Topic, Arc<[i64]>>,
     recent: Recent,
+    leases: Leases,
+    /// Set when a run of outcomes found a lease noted in `leases` not holding, which undoes its
+    /// transaction: the group then runs once more (see [`State::commit_part`]).
+    lease_missed: bool,
     /// Where committed groups go to be synced and answered, in commit order.
     done: Sender<Done>,
     /// Set from when the writer takes a group until it hands over the group's last part: the sync
@@ -322,7 +422,13 @@ impl State {
         let (commands, replies): (Vec<Command>, Vec<_>) = group.into_iter().map(|r| (r.command, r.reply)).unzip();
         let sync = Self::needs_sync(&commands);
         let mut wakeups = Vec::new();
-        let results: Vec<Result<Reply, StoreError>> = match self.run_group(&commands, &mut wakeups) {
+        let mut applied = self.run_group(&commands, &mut wakeups);
+        if applied.is_err() && std::mem::take(&mut self.lease_missed) {
+            // A lease the writer had noted did not hold (see [`Leases`]), and the notes are gone
+            // with the undone transaction: once more, reading the leases from the file.
+            applied = self.run_group(&commands, &mut wakeups);
+        }
+        let results: Vec<Result<Reply, StoreError>> = match applied {
             Ok(results) => results,
             Err(_) if commands.len() > 1 => {
                 // Something failed and undid the whole group: run each command on its own, so
@@ -401,6 +507,9 @@ impl State {
         };
         if let Err(e) = committed {
             let _ = self.exec("ROLLBACK");
+            // What the undone claims noted may not hold: outcomes read their leases from the file
+            // until claims note them again.
+            self.leases.by_delivery.clear();
             // Routing learnt from a declare that did not commit must be forgotten.
             if fx.declared {
                 self.reload_subscriptions();
@@ -594,6 +703,7 @@ impl State {
                 .collect::<rusqlite::Result<Vec<(i64, i64, DeliveryId, u32, Option<i64>)>>>()?;
             for (event, from, delivery, number, started) in rows {
                 if from == status::ACTIVE {
+                    self.leases.forget(delivery);
                     // The running attempt stays in the history, unfinished.
                     self.conn
                         .prepare_cached(
@@ -674,17 +784,17 @@ impl State {
                 stmt.raw_bind_parameter(p + 1, &event.id().as_uuid().as_bytes()[..])?;
                 stmt.raw_bind_parameter(p + 2, event.topic().as_str())?;
                 stmt.raw_bind_parameter(p + 3, &event.payload()[..])?;
-                stmt.raw_bind_parameter(p + 4, content_type)?;
-                stmt.raw_bind_parameter(p + 5, event.source())?;
-                stmt.raw_bind_parameter(p + 6, codec::headers_text(event.headers()))?;
+                bind_some(&mut stmt, p + 4, content_type)?;
+                bind_some(&mut stmt, p + 5, event.source())?;
+                bind_some(&mut stmt, p + 6, codec::headers_text(event.headers()))?;
                 stmt.raw_bind_parameter(p + 7, event.priority().get())?;
                 stmt.raw_bind_parameter(p + 8, event.published_at().as_millis())?;
                 stmt.raw_bind_parameter(p + 9, event.deliver_at().as_millis())?;
-                stmt.raw_bind_parameter(p + 10, event.expires_at().map(Timestamp::as_millis))?;
-                stmt.raw_bind_parameter(p + 11, event.key())?;
-                stmt.raw_bind_parameter(p + 12, event.reply_to())?;
+                bind_some(&mut stmt, p + 10, event.expires_at().map(Timestamp::as_millis))?;
+                bind_some(&mut stmt, p + 11, event.key())?;
+                bind_some(&mut stmt, p + 12, event.reply_to())?;
                 stmt.raw_bind_parameter(p + 13, if unrouted { status::UNROUTED } else { status::OPEN })?;
-                stmt.raw_bind_parameter(p + 14, unrouted.then_some(now.as_millis()))?;
+                bind_some(&mut stmt, p + 14, unrouted.then_some(now.as_millis()))?;
                 stmt.raw_bind_parameter(p + 15, routes.len() as i64)?;
                 p += 15;
             }
@@ -777,7 +887,7 @@ impl State {
                 stmt.raw_bind_parameter(p + 4, d.status)?;
                 stmt.raw_bind_parameter(p + 5, d.source.priority().get())?;
                 stmt.raw_bind_parameter(p + 6, d.source.deliver_at().as_millis())?;
-                stmt.raw_bind_parameter(p + 7, d.source.expires_at().map(Timestamp::as_millis))?;
+                bind_some(&mut stmt, p + 7, d.source.expires_at().map(Timestamp::as_millis))?;
                 p += 7;
             }
             stmt.raw_execute()?;
@@ -816,8 +926,15 @@ impl State {
             .query_map((sub, now.as_millis(), limit), read)?
             .collect::<rusqlite::Result<_>>()?;
         let lost = found.len();
+        // The ranges start at the highest priority anything waits at (one seek to the end of the
+        // subscription's part of the index), not at 10: most deliveries have one priority, and
+        // each empty range read costs a statement.
+        let top: Option<u8> = self.conn.prepare_cached(CLAIM_TOP)?.query_row([sub], |r| r.get(0))?;
+        let Some(top) = top else {
+            return Ok(found);
+        };
         let mut leg = self.conn.prepare_cached(CLAIM_WAITING)?;
-        for priority in (0..=10u8).rev() {
+        for priority in (0..=top.min(10)).rev() {
             let missing = max - (found.len() - lost);
             if missing == 0 {
                 break;
@@ -859,23 +976,25 @@ impl State {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut lease = self.conn.prepare_cached(
-            "UPDATE OR FAIL deliveries
-                SET claimed_from = status, status = 8, attempts = ?2, token = ?3, lease_until = ?4, started_at = ?5
-              WHERE id = ?1",
-        )?;
-        for c in &rows {
-            lease.execute((
-                &c.id.as_uuid().as_bytes()[..],
-                c.attempts + 1,
-                c.token + 1,
-                lease_until.as_millis(),
-                now.as_millis(),
-            ))?;
+        // Leased a chunk of rows per statement, listed by key: each one's attempt and token go up
+        // by one from what was just read in this transaction. (SQLite updates the rows of an
+        // `IN` list of parameters on the primary key in one pass; an `IN rarray(..)` list would be
+        // copied into a temporary b-tree first, and a statement per row costs several times more.)
+        for chunk in list_chunks(&rows) {
+            let mut stmt = self.conn.prepare_cached(&lease_sql(chunk.len()))?;
+            stmt.raw_bind_parameter(1, lease_until.as_millis())?;
+            stmt.raw_bind_parameter(2, now.as_millis())?;
+            for (i, c) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 3, &c.id.as_uuid().as_bytes()[..])?;
+            }
+            let leased = stmt.raw_execute()?;
+            if leased != chunk.len() {
+                // Each was read as claimable in this transaction: the file says otherwise.
+                return Err(rusqlite::Error::StatementChangedRows(leased));
+            }
         }
-        drop(lease);
         // The claimed deliveries' events, from the recent ones or in one statement.
-        let mut events: HashMap<i64, Event> = HashMap::with_capacity(rows.len());
+        let mut events: HashMap<i64, Event, Ids> = HashMap::with_capacity_and_hasher(rows.len(), Ids::default());
         for r in &rows {
             if let Some(e) = self.recent.get(r.event) {
                 events.insert(r.event, e.clone());
@@ -904,6 +1023,17 @@ impl State {
             }
             // One delivery per event and subscription: each event is claimed once here.
             let event = events.remove(&c.event).ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            self.leases.note(
+                c.id,
+                Leased {
+                    token: c.token + 1,
+                    event: c.event,
+                    attempt: c.attempts + 1,
+                    due: c.due,
+                    request: Some(event.reply_to().is_some().then(|| event.id())),
+                    started_at: Some(now.as_millis()),
+                },
+            );
             out.push(Claimed::new(
                 Lease {
                     delivery: c.id,
@@ -921,6 +1051,19 @@ impl State {
 
     /// Ends as expired the claimable deliveries of `sub` whose event expired: a claim skips them.
     fn expire_claimable(&mut self, sub: i64, now: Timestamp, counts: &mut Counts) -> rusqlite::Result<()> {
+        // Most claims find nothing expired: a read says so for much less than the update, which
+        // prepares its `RETURNING` rows and opens every index of the table.
+        let any: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM deliveries
+                  WHERE sub = ?1 AND expires_at IS NOT NULL AND status >= 5 AND expires_at <= ?2 LIMIT 1",
+            )?
+            .query_row((sub, now.as_millis()), |r| r.get(0))
+            .optional()?;
+        if any.is_none() {
+            return Ok(());
+        }
         let rows: Vec<(DeliveryId, i64, i64, u32, Option<i64>)> = self
             .conn
             .prepare_cached(
@@ -936,6 +1079,7 @@ impl State {
         for (delivery, event, from, attempts, started) in rows {
             counts.shift(from, status::EXPIRED);
             if from == status::ACTIVE {
+                self.leases.forget(delivery);
                 self.close_lost_attempt(delivery, attempts, started, now)?;
             }
             self.refresh_event(event, now)?;
@@ -1002,16 +1146,22 @@ impl State {
                 _ => per_event.push((seq, 1, code)),
             }
         }
-        // One keyed update per event: `UPDATE .. FROM (VALUES ..)` copies its rows into a
-        // temporary b-tree first, and a run of outcomes rarely fills a chunk.
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE OR FAIL events SET open = open - ?2, worst = MAX(worst, ?3),
-                 status = CASE WHEN open > ?2 THEN status ELSE MAX(worst, ?3) END,
-                 finished_at = CASE WHEN open > ?2 THEN finished_at ELSE COALESCE(finished_at, ?4) END
-               WHERE seq = ?1",
-        )?;
-        for (seq, n, code) in per_event {
-            stmt.execute((seq, n, code, now.as_millis()))?;
+        // One statement per (count, code) pair and chunk of events listed by `seq`, usually one
+        // pair for the whole run (each event had one delivery, which succeeded). A list of
+        // parameters on the key is updated in one pass (an `IN rarray(..)` list was copied into a
+        // temporary b-tree first), and costs much less than a statement per event.
+        per_event.sort_unstable_by_key(|&(seq, n, code)| (n, code, seq));
+        for group in per_event.chunk_by(|a, b| (a.1, a.2) == (b.1, b.2)) {
+            for chunk in list_chunks(group) {
+                let mut stmt = self.conn.prepare_cached(&roll_up_sql(chunk.len()))?;
+                stmt.raw_bind_parameter(1, chunk[0].1)?;
+                stmt.raw_bind_parameter(2, chunk[0].2)?;
+                stmt.raw_bind_parameter(3, now.as_millis())?;
+                for (i, &(seq, _, _)) in chunk.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 4, seq)?;
+                }
+                stmt.raw_execute()?;
+            }
         }
         Ok(())
     }
@@ -1036,40 +1186,78 @@ impl State {
         counts: &mut Counts,
         fx: &mut Effects,
     ) -> rusqlite::Result<Vec<Completion>> {
-        // Every leased delivery the outcomes name, in one statement.
-        let ids: Array = Rc::new(
-            outcomes
-                .iter()
-                .map(|o| Value::Blob(o.lease.delivery.as_uuid().as_bytes().to_vec()))
-                .collect(),
-        );
-        let mut leased: HashMap<DeliveryId, Leased> = HashMap::with_capacity(outcomes.len());
-        {
+        // The leases the claims noted; the others are read, in one statement.
+        let mut leased: HashMap<DeliveryId, Leased, Ids> =
+            HashMap::with_capacity_and_hasher(outcomes.len(), Ids::default());
+        let mut unread: Vec<Value> = Vec::new();
+        for o in outcomes {
+            let token = i64::try_from(o.lease.token).unwrap_or(-1);
+            match self.leases.take(o.lease.delivery, token) {
+                Some(l) => {
+                    leased.insert(o.lease.delivery, l);
+                }
+                None => unread.push(Value::Blob(o.lease.delivery.as_uuid().as_bytes().to_vec())),
+            }
+        }
+        // Whose events asked for an answer, for the leases read.
+        let mut unknown: Vec<Value> = Vec::new();
+        if !unread.is_empty() {
+            let ids: Array = Rc::new(unread);
             let mut stmt = self.conn.prepare_cached(
-                "SELECT d.id, d.token, d.event, d.attempts, d.due, e.id, e.reply_to IS NOT NULL, d.started_at
-                   FROM deliveries d JOIN events e ON e.seq = d.event
-                  WHERE d.id IN rarray(?1) AND d.status = 8",
+                "SELECT id, token, event, attempts, due, started_at FROM deliveries
+                  WHERE id IN rarray(?1) AND status = 8",
             )?;
             let mut rows = stmt.query([ids])?;
             while let Some(r) = rows.next()? {
-                leased.insert(
-                    codec::delivery_id(r, 0)?,
-                    Leased {
-                        token: r.get::<_, i64>(1)?,
-                        event: r.get(2)?,
-                        attempt: r.get(3)?,
-                        due: codec::ts(r, 4)?,
-                        event_id: codec::event_id(r, 5)?,
-                        is_request: r.get(6)?,
-                        started_at: r.get(7)?,
-                    },
-                );
+                let id = codec::delivery_id(r, 0)?;
+                let event: i64 = r.get(2)?;
+                unknown.push(Value::Integer(event));
+                leased.entry(id).or_insert(Leased {
+                    token: r.get::<_, i64>(1)?,
+                    event,
+                    attempt: r.get(3)?,
+                    due: codec::ts(r, 4)?,
+                    request: None,
+                    started_at: r.get(5)?,
+                });
+            }
+        }
+        if !unknown.is_empty() {
+            let mut asked: HashMap<i64, Option<EventId>> = HashMap::with_capacity(unknown.len());
+            let seqs: Array = Rc::new(unknown);
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT seq, id, reply_to IS NOT NULL FROM events WHERE seq IN rarray(?1)")?;
+            let mut rows = stmt.query([seqs])?;
+            while let Some(r) = rows.next()? {
+                let id = codec::event_id(r, 1)?;
+                asked.insert(r.get(0)?, r.get::<_, bool>(2)?.then_some(id));
+            }
+            for l in leased.values_mut() {
+                if l.request.is_none() {
+                    l.request = Some(asked.get(&l.event).copied().flatten());
+                }
             }
         }
         let mut out = Vec::with_capacity(outcomes.len());
+        // Successes without a reply (the common outcome): the delivery and when it ended.
+        let mut plain: Vec<(DeliveryId, i64)> = Vec::with_capacity(outcomes.len());
         let mut finished: Vec<Finish<'_>> = Vec::with_capacity(outcomes.len());
-        let mut released: Vec<DeliveryId> = Vec::new();
         let mut ended_events: Vec<(i64, i64)> = Vec::new();
+        // Each delivery moves by its key, guarded by its lease (see [`Leases`]): a multi-row
+        // `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table. A
+        // delivery whose attempt succeeded keeps that attempt's end (its start is there since the
+        // claim).
+        let mut finish = self.conn.prepare_cached(
+            "UPDATE OR FAIL deliveries SET status = ?3, due = COALESCE(?4, due), last_error = COALESCE(?5, last_error),
+                 reply = COALESCE(?6, reply), finished_at = ?7
+              WHERE id = ?1 AND status = 8 AND token = ?2",
+        )?;
+        // A released attempt is not recorded: it never had a row, and its number is given back.
+        let mut release = self.conn.prepare_cached(
+            "UPDATE deliveries SET status = 6, attempts = attempts - 1, started_at = NULL
+              WHERE id = ?1 AND status = 8 AND token = ?2",
+        )?;
         for o in outcomes {
             let token = i64::try_from(o.lease.token).unwrap_or(-1);
             // Taken out once applied: a second outcome for the same lease is stale.
@@ -1081,8 +1269,9 @@ impl State {
                 out.push(Completion::Stale);
                 continue;
             };
+            let id_bytes = *o.lease.delivery.as_uuid().as_bytes();
+            let id = &id_bytes[..];
             let mut f = Finish {
-                id: o.lease.delivery,
                 attempt: l.attempt,
                 started_at: l.started_at.unwrap_or(now.as_millis()),
                 finished_at: o.finished_at,
@@ -1091,31 +1280,27 @@ impl State {
                 to: status::SUCCEEDED,
                 due: None,
                 reply: None,
+                id: o.lease.delivery,
             };
+            let request = l.request.flatten();
             match &o.verdict {
-                Verdict::Succeeded { reply } => {
-                    f.reply = reply.as_deref();
-                    if l.is_request {
-                        fx.wakeups.push(Wakeup::Answered(l.event_id));
-                    }
-                }
+                Verdict::Succeeded { reply } => f.reply = reply.as_deref(),
                 Verdict::Retry { at, error } => {
                     f.outcome = outcome::FAILED;
                     f.error = Some(error);
                     f.to = status::RETRYING;
                     f.due = Some(*at);
-                    fx.wakeups.push(Wakeup::Due(*at));
                 }
                 Verdict::Dead { reason } => {
                     f.outcome = outcome::DEAD;
                     f.error = Some(reason);
                     f.to = status::DEAD;
-                    if l.is_request {
-                        fx.wakeups.push(Wakeup::Answered(l.event_id));
-                    }
                 }
                 Verdict::Released => {
-                    released.push(o.lease.delivery);
+                    if release.execute((id, token))? == 0 {
+                        out.push(Completion::Stale);
+                        continue;
+                    }
                     fx.wakeups.push(Wakeup::Due(l.due));
                     counts.shift(status::ACTIVE, status::PENDING);
                     out.push(Completion::Applied);
@@ -1128,6 +1313,28 @@ impl State {
                     continue;
                 }
             }
+            let succeeded = f.outcome == outcome::SUCCEEDED;
+            if succeeded && f.reply.is_none() {
+                // Moved with the others like it after the loop, all at once.
+                plain.push((o.lease.delivery, f.finished_at.as_millis()));
+            } else if finish.execute((
+                id,
+                token,
+                f.to,
+                f.due.map(Timestamp::as_millis),
+                f.error,
+                f.reply,
+                succeeded.then_some(f.finished_at.as_millis()),
+            ))? == 0
+            {
+                out.push(Completion::Stale);
+                continue;
+            }
+            match (f.to, request) {
+                (status::RETRYING, _) => fx.wakeups.extend(f.due.map(Wakeup::Due)),
+                (_, Some(event_id)) => fx.wakeups.push(Wakeup::Answered(event_id)),
+                _ => {}
+            }
             counts.shift(status::ACTIVE, f.to);
             if f.to <= status::DEAD {
                 ended_events.push((l.event, f.to));
@@ -1135,17 +1342,31 @@ impl State {
             finished.push(f);
             out.push(Completion::Applied);
         }
-        for chunk in chunks(&finished) {
-            self.finish_attempts(chunk)?;
+        drop((finish, release));
+        // The plain successes, a statement per chunk of those that ended at the same millisecond
+        // (a run's outcomes end at a few). Their leases are known to hold (see [`Leases`]): a row
+        // not moved means one ended where the writer could not see it, and the whole group is
+        // undone and runs again, reading every lease from the file.
+        plain.sort_unstable_by_key(|&(_, at)| at);
+        for same in plain.chunk_by(|a, b| a.1 == b.1) {
+            for chunk in list_chunks(same) {
+                let mut stmt = self.conn.prepare_cached(&succeed_sql(chunk.len()))?;
+                stmt.raw_bind_parameter(1, chunk[0].1)?;
+                for (i, (id, _)) in chunk.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 2, &id.as_uuid().as_bytes()[..])?;
+                }
+                let moved = stmt.raw_execute()?;
+                if moved != chunk.len() {
+                    self.lease_missed = true;
+                    return Err(rusqlite::Error::StatementChangedRows(moved));
+                }
+            }
         }
-        self.finish_deliveries(&finished)?;
-        // A released attempt is not recorded: it never had a row, and its number is given back.
-        for id in released {
-            self.conn
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 6, attempts = attempts - 1, started_at = NULL WHERE id = ?1",
-                )?
-                .execute([&id.as_uuid().as_bytes()[..]])?;
+        // A succeeded attempt stays in its delivery (`started_at`, `finished_at`): only the others
+        // get a row.
+        let recorded: Vec<&Finish<'_>> = finished.iter().filter(|f| f.outcome != outcome::SUCCEEDED).collect();
+        for chunk in chunks(&recorded) {
+            self.finish_attempts(chunk)?;
         }
         self.roll_up(ended_events, now)?;
         Ok(out)
@@ -1153,7 +1374,7 @@ impl State {
 
     /// Records the attempts of `chunk`, ended, in one statement (an attempt's row is written once,
     /// when it ends).
-    fn finish_attempts(&self, chunk: &[Finish<'_>]) -> rusqlite::Result<()> {
+    fn finish_attempts(&self, chunk: &[&Finish<'_>]) -> rusqlite::Result<()> {
         let sql = values_sql(
             "INSERT OR FAIL INTO attempts (delivery, number, started_at, finished_at, outcome, error) VALUES ",
             "(?, ?, ?, ?, ?, ?)",
@@ -1173,26 +1394,6 @@ impl State {
             i += 6;
         }
         stmt.raw_execute()?;
-        Ok(())
-    }
-
-    /// Moves the deliveries of `finished` to their new status, one keyed update each: a multi-row
-    /// `UPDATE .. FROM (VALUES ..)` would first copy the rows into a temporary table.
-    fn finish_deliveries(&self, finished: &[Finish<'_>]) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE OR FAIL deliveries SET status = ?2, due = COALESCE(?3, due), last_error = COALESCE(?4, last_error),
-                 reply = COALESCE(?5, reply)
-              WHERE id = ?1",
-        )?;
-        for f in finished {
-            stmt.execute((
-                &f.id.as_uuid().as_bytes()[..],
-                f.to,
-                f.due.map(Timestamp::as_millis),
-                f.error,
-                f.reply,
-            ))?;
-        }
         Ok(())
     }
 
@@ -1297,8 +1498,14 @@ const CLAIM_LEASED: &str = "SELECT id, event, status, attempts, token, due, prio
      WHERE sub = ?1 AND status = 8 AND lease_until <= ?2 AND (expires_at IS NULL OR expires_at > ?2)
      ORDER BY priority DESC, due LIMIT ?3";
 
+/// The highest priority of a delivery of `?1` waiting (due or not), `NULL` if none waits.
+const CLAIM_TOP: &str = "SELECT MAX(priority) FROM deliveries WHERE sub = ?1 AND status BETWEEN 5 AND 7";
+
 /// The deliveries of `?1` at priority `?4` waiting and due by `?2`, oldest due first, up to `?3`.
-const CLAIM_WAITING: &str = "SELECT id, event, status, attempts, token, due, priority, started_at FROM deliveries
+///
+/// It reads `deliveries_waiting` alone (a covering index): `started_at`, which only a claim again
+/// of a lost lease needs, is not read.
+const CLAIM_WAITING: &str = "SELECT id, event, status, attempts, token, due, priority, NULL FROM deliveries
      WHERE sub = ?1 AND status BETWEEN 5 AND 7 AND priority = ?4 AND due <= ?2
        AND (expires_at IS NULL OR expires_at > ?2)
      ORDER BY due LIMIT ?3";
@@ -1414,8 +1621,9 @@ struct Leased {
     event: i64,
     attempt: u32,
     due: Timestamp,
-    event_id: EventId,
-    is_request: bool,
+    /// The event's id if it is a request (has `reply_to`), `None` if not; unknown (the outer
+    /// `None`) until read.
+    request: Option<Option<EventId>>,
     /// When the running attempt started (unknown only in a damaged file).
     started_at: Option<i64>,
 }
@@ -1448,6 +1656,83 @@ fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// The claim's update of `n` deliveries, listed by id after the lease's end (`?1`) and the
+/// attempt's start (`?2`).
+pub(crate) fn lease_sql(n: usize) -> String {
+    values_sql(
+        "UPDATE OR FAIL deliveries
+            SET claimed_from = status, status = 8, attempts = attempts + 1, token = token + 1,
+                lease_until = ?1, started_at = ?2
+          WHERE id IN (",
+        "?",
+        n,
+        ")",
+    )
+}
+
+/// The roll-up of `n` events listed by `seq`, each of which had `?1` deliveries finish, the
+/// highest with code `?2`, at `?3`: one pass over the rows (as [`lease_sql`]).
+pub(crate) fn roll_up_sql(n: usize) -> String {
+    values_sql(
+        "UPDATE OR FAIL events SET open = open - ?1, worst = MAX(worst, ?2),
+             status = CASE WHEN open > ?1 THEN status ELSE MAX(worst, ?2) END,
+             finished_at = CASE WHEN open > ?1 THEN finished_at ELSE COALESCE(finished_at, ?3) END
+           WHERE seq IN (",
+        "?",
+        n,
+        ")",
+    )
+}
+
+/// The update of `n` deliveries whose attempts succeeded without a reply, all at the same time
+/// (`?1`), listed by id: one pass over the rows (as [`lease_sql`]).
+pub(crate) fn succeed_sql(n: usize) -> String {
+    values_sql(
+        "UPDATE OR FAIL deliveries SET status = 1, finished_at = ?1 WHERE status = 8 AND id IN (",
+        "?",
+        n,
+        ")",
+    )
+}
+
+/// The longest `IN (?, ..)` list of a multi-row update.
+const MAX_LIST: usize = 32;
+
+/// The shortest `IN (?, ..)` list of a multi-row update: SQLite copies a list of two or more into
+/// a temporary b-tree, which costs about as much as a few statements of one row each (under
+/// callgrind), so fewer rows go one by one (`IN (?)` being an equality).
+const MIN_LIST: usize = 6;
+
+/// Splits `rows` into lists of [`MAX_LIST`] rows, then one of what is left if that is at least
+/// [`MIN_LIST`] rows, else single rows. A statement is prepared for each length in use.
+fn list_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = match rows.len() {
+            0 => return None,
+            n if n >= MIN_LIST => n.min(MAX_LIST),
+            _ => 1,
+        };
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
+/// Binds `value` to parameter `i` of `stmt` unless it is `None`: a statement taken from the cache
+/// has all its parameters `NULL` (rusqlite clears them when it is put back), and binding the
+/// `NULL`s of the many optional columns of a multi-row insert again cost about a thousand writer
+/// instructions per event under callgrind.
+fn bind_some<T: rusqlite::ToSql>(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    i: usize,
+    value: Option<T>,
+) -> rusqlite::Result<()> {
+    match value {
+        Some(v) => stmt.raw_bind_parameter(i, v),
+        None => Ok(()),
+    }
+}
+
 /// `head`, then `row` `n` times separated by commas, then `tail`.
 fn values_sql(head: &str, row: &str, n: usize, tail: &str) -> String {
     let mut sql = String::with_capacity(head.len() + (row.len() + 1) * n + tail.len());
@@ -1463,7 +1748,7 @@ fn values_sql(head: &str, row: &str, n: usize, tail: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) const CLAIM_SQL_FOR_TESTS: [&str; 2] = [CLAIM_LEASED, CLAIM_WAITING];
+pub(crate) const CLAIM_SQL_FOR_TESTS: [&str; 3] = [CLAIM_LEASED, CLAIM_WAITING, CLAIM_TOP];
 
 /// A copy of a store error for each caller of a failed group (the source chain is flattened into
 /// the message, since it cannot be cloned).
@@ -1480,4 +1765,24 @@ fn copy_error(e: &StoreError) -> StoreError {
 /// Checks that a pattern read back from the file is valid.
 pub(crate) fn pattern_from(text: &str, index: usize) -> rusqlite::Result<Pattern> {
     Pattern::new(text).map_err(|e| codec::bad_column(index, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lengths(n: usize) -> Vec<usize> {
+        let rows = vec![0u8; n];
+        list_chunks(&rows).map(<[u8]>::len).collect()
+    }
+
+    #[test]
+    fn lists_are_long_or_single_rows() {
+        assert_eq!(lengths(0), Vec::<usize>::new());
+        assert_eq!(lengths(3), vec![1, 1, 1]);
+        assert_eq!(lengths(MIN_LIST), vec![MIN_LIST]);
+        assert_eq!(lengths(29), vec![29]);
+        assert_eq!(lengths(70), vec![32, 32, 6]);
+        assert_eq!(lengths(34), vec![32, 1, 1]);
+    }
 }

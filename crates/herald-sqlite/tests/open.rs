@@ -107,7 +107,7 @@ fn a_file_from_a_newer_herald_is_refused() {
     );
     assert!(
         err.to_string()
-            .contains("was written by a newer herald (schema v99, this build knows v4): upgrade herald"),
+            .contains("was written by a newer herald (schema v99, this build knows v5): upgrade herald"),
         "{err}"
     );
     assert!(matches!(StoreError::from(err), StoreError::Corrupt(_)));
@@ -290,7 +290,7 @@ fn old_file(path: &std::path::Path, version: u32) -> rusqlite::Connection {
 }
 
 /// The schema version this build writes.
-const CURRENT: u32 = 4;
+const CURRENT: u32 = 5;
 
 fn user_version(path: &std::path::Path) -> u32 {
     let conn = rusqlite::Connection::open(path).unwrap();
