@@ -200,7 +200,9 @@ const DEFER_MAX: usize = 32;
 /// attempts, and a batch of outcomes is one store call (one lock, or one transaction) instead of
 /// one each.
 pub(crate) async fn work(inner: Arc<Inner>) {
-    let mut claimed = Vec::new();
+    // Sized for the largest claim up front, outside the store's lock: growing it inside the lock
+    // could make that the allocation on which the allocator does its deferred work.
+    let mut claimed = Vec::with_capacity(MAX_BATCH);
     let mut deferred = Vec::new();
     // This worker's copy of the subscription list (see `Subs`).
     let mut subs = inner.subs.copy();
