@@ -4,12 +4,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use herald_core::{
-    AttemptOutcome, Completion, Event, EventParts, Outcome, Pattern, Store, SubscriptionName, SubscriptionSpec, Topic,
-    Verdict,
-};
+use herald_core::{AttemptOutcome, Completion, Outcome, Store, Verdict};
 use herald_redis::RedisStore;
+use herald_testkit::setup;
 
 #[tokio::test]
 async fn a_release_after_a_failure_keeps_the_failure_as_the_latest_attempt() {
@@ -18,19 +15,10 @@ async fn a_release_after_a_failure_keeps_the_failure_as_the_latest_attempt() {
         .connect()
         .await
         .unwrap();
-    let sub = SubscriptionName::new("work").unwrap();
-    store
-        .declare(&SubscriptionSpec {
-            name: sub.clone(),
-            pattern: Pattern::new("job.*").unwrap(),
-        })
-        .await
-        .unwrap();
-    let mut parts = EventParts::new(Topic::new("job.run").unwrap(), Bytes::from_static(b"1"));
-    parts.published_at = store.clock().now();
-    parts.deliver_at = parts.published_at;
-    let id = parts.id;
-    store.publish(vec![Event::from_parts(parts)]).await.unwrap();
+    let sub = setup::declare(&store, "work", "job.*").await;
+    let event = setup::due_now(&store, "job.run", "1");
+    let id = event.id();
+    store.publish(vec![event]).await.unwrap();
     let lease = Duration::from_secs(30);
     let settle = |lease, verdict| Outcome {
         lease,

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use herald_core::{
-    Completion, DeliveryStatus, Event, EventParts, Outcome, Pattern, Store, SubscriptionName, SubscriptionSpec, Topic,
-    Verdict,
-};
+use herald_core::{Completion, DeliveryStatus, Event, Outcome, Store, Verdict};
 use herald_sqlite::SqliteStore;
+use herald_testkit::setup;
 
 fn scratch(name: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -35,21 +33,9 @@ fn a_success_whose_lease_ended_behind_the_writer_is_stale() {
     let path = dir.join("herald.db");
     rt.block_on(async {
         let store = SqliteStore::open(&path).unwrap();
-        let sub = SubscriptionName::new("work").unwrap();
-        store
-            .declare(&SubscriptionSpec {
-                name: sub.clone(),
-                pattern: Pattern::new("job.*").unwrap(),
-            })
-            .await
-            .unwrap();
+        let sub = setup::declare(&store, "work", "job.*").await;
         let events: Vec<Event> = (0..2)
-            .map(|i| {
-                let mut e = EventParts::new(Topic::new("job.run").unwrap(), format!("{i}"));
-                e.published_at = store.clock().now();
-                e.deliver_at = e.published_at;
-                Event::from_parts(e)
-            })
+            .map(|i| setup::due_now(&store, "job.run", format!("{i}")))
             .collect();
         store.publish(events).await.unwrap();
         let claimed = store.claim(&sub, 2, Duration::from_secs(30)).await.unwrap();

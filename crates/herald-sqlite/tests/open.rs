@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_core::{Event, EventParts, Pattern, Store, StoreError, SubscriptionName, SubscriptionSpec, Topic};
+use herald_core::{Pattern, Store, StoreError, SubscriptionName, SubscriptionSpec};
 use herald_sqlite::{OpenError, SqliteStore};
+use herald_testkit::setup;
 
 /// A fresh directory for one test, removed when dropped.
 struct Dir(PathBuf);
@@ -43,17 +44,8 @@ fn events_subscriptions_and_counts_survive_a_reopen() {
     let sub = SubscriptionName::new("work").unwrap();
     let id = rt().block_on(async {
         let store = SqliteStore::open(&path).unwrap();
-        store
-            .declare(&SubscriptionSpec {
-                name: sub.clone(),
-                pattern: Pattern::new("job.*").unwrap(),
-            })
-            .await
-            .unwrap();
-        let mut e = EventParts::new(Topic::new("job.run").unwrap(), "{}");
-        e.published_at = store.clock().now();
-        e.deliver_at = e.published_at;
-        let e = Event::from_parts(e);
+        setup::declare(&store, "work", "job.*").await;
+        let e = setup::due_now(&store, "job.run", "{}");
         store.publish(vec![e.clone()]).await.unwrap();
         assert_eq!(store.backlog(), Some(1));
         e.id()
@@ -166,12 +158,7 @@ fn a_removed_subscription_stays_removed_after_a_reopen_and_keeps_its_history() {
         name: sub.clone(),
         pattern: Pattern::new("job.*").unwrap(),
     };
-    let event = |store: &SqliteStore| {
-        let mut e = EventParts::new(Topic::new("job.run").unwrap(), "{}");
-        e.published_at = store.clock().now();
-        e.deliver_at = e.published_at;
-        Event::from_parts(e)
-    };
+    let event = |store: &SqliteStore| setup::due_now(store, "job.run", "{}");
     let id = rt().block_on(async {
         let store = SqliteStore::open(&path).unwrap();
         store.declare(&spec).await.unwrap();
@@ -308,10 +295,10 @@ fn a_file_of_schema_v1_is_migrated() {
     rt().block_on(async {
         let store = SqliteStore::open(&path).unwrap();
         let sub = SubscriptionName::new("work").unwrap();
-        let mut e = EventParts::new(Topic::new("job.run").unwrap(), "{}");
-        e.published_at = store.clock().now();
-        e.deliver_at = e.published_at;
-        store.publish(vec![Event::from_parts(e)]).await.unwrap();
+        store
+            .publish(vec![setup::due_now(&store, "job.run", "{}")])
+            .await
+            .unwrap();
         assert_eq!(store.claim(&sub, 10, Duration::from_secs(30)).await.unwrap().len(), 1);
         assert_eq!(store.remove_subscription(&sub).await.unwrap(), 1);
     });

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use herald_core::{
-    DeliveryStatus, Event, EventFilter, EventParts, EventStatus, Outcome, PageRequest, Pattern, Store,
-    SubscriptionName, SubscriptionSpec, Topic, Verdict,
-};
+use herald_core::{DeliveryStatus, EventFilter, EventStatus, Outcome, PageRequest, Store, Verdict};
 use herald_sqlite::SqliteStore;
+use herald_testkit::setup;
 
 #[test]
 fn a_retrying_delivery_whose_time_has_come_reads_as_pending() {
@@ -18,18 +16,8 @@ fn a_retrying_delivery_whose_time_has_come_reads_as_pending() {
         .unwrap();
     rt.block_on(async {
         let store = SqliteStore::temporary().unwrap();
-        let sub = SubscriptionName::new("work").unwrap();
-        store
-            .declare(&SubscriptionSpec {
-                name: sub.clone(),
-                pattern: Pattern::new("job.*").unwrap(),
-            })
-            .await
-            .unwrap();
-        let mut e = EventParts::new(Topic::new("job.run").unwrap(), "{}");
-        e.published_at = store.clock().now();
-        e.deliver_at = e.published_at;
-        let e = Event::from_parts(e);
+        let sub = setup::declare(&store, "work", "job.*").await;
+        let e = setup::due_now(&store, "job.run", "{}");
         store.publish(vec![e.clone()]).await.unwrap();
         let claimed = store.claim(&sub, 1, Duration::from_secs(30)).await.unwrap();
         let at = store.clock().now() + Duration::from_secs(5);

@@ -49,8 +49,13 @@ pub(crate) async fn declare(
 
 /// An immediate event on `topic_text`, published now by the store's clock.
 pub(crate) fn event(store: &(impl Store + ?Sized), topic_text: &str) -> EventParts {
+    due_now(store, topic_text, Bytes::from_static(br#"{"n":1}"#))
+}
+
+/// An event on `topic_text` carrying `payload`, published now by the store's clock and due at once.
+pub(crate) fn due_now(store: &(impl Store + ?Sized), topic_text: &str, payload: Bytes) -> EventParts {
     let now = store.clock().now();
-    let mut e = EventParts::new(topic(topic_text), Bytes::from_static(br#"{"n":1}"#));
+    let mut e = EventParts::new(topic(topic_text), payload);
     e.published_at = now;
     e.deliver_at = now;
     e

@@ -29,6 +29,7 @@ mod harness;
 
 pub mod cases;
 pub mod crash;
+pub mod setup;
 
 /// Runs every conformance case against the stores a factory makes.
 ///
