@@ -30,7 +30,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let rr = std::env::var("PROFILE_CASE").as_deref() == Ok("rr");
+    let case = std::env::var("PROFILE_CASE").unwrap_or_default();
+    let rr = case == "rr";
     let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -49,7 +50,9 @@ fn main() {
             .await
             .unwrap();
         let start = Instant::now();
-        if rr {
+        if case == "rr_base" {
+            channel_request_reply(n).await;
+        } else if rr {
             request_reply(&herald, n).await;
         } else {
             throughput(&herald, n).await;
@@ -123,4 +126,32 @@ async fn request_reply(herald: &Herald, n: u64) {
     for r in requesters {
         r.await.unwrap();
     }
+}
+
+/// The bench's baseline for request/reply: `REQUESTERS` tasks sending `(n, oneshot::Sender)` over
+/// a tokio `mpsc` to one consumer task (`PROFILE_CASE=rr_base`), for the ratio of instructions.
+async fn channel_request_reply(n: u64) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, tokio::sync::oneshot::Sender<u64>)>(1024);
+    let consumer = tokio::spawn(async move {
+        while let Some((i, reply)) = rx.recv().await {
+            let _ = reply.send(i + 1);
+        }
+    });
+    let requesters: Vec<_> = (0..REQUESTERS)
+        .map(|r| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                for i in (r..n).step_by(REQUESTERS as usize) {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    tx.send((i, reply)).await.unwrap();
+                    assert_eq!(answer.await.unwrap(), i + 1);
+                }
+            })
+        })
+        .collect();
+    for r in requesters {
+        r.await.unwrap();
+    }
+    drop(tx);
+    consumer.await.unwrap();
 }

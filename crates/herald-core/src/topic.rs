@@ -83,6 +83,14 @@ fn invalid(kind: &'static str, name: &str, reason: &'static str) -> TopicError {
 #[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Topic(Arc<str>);
 
+impl Topic {
+    /// Whether both are the same allocation (an interned topic and its clones): equal without a
+    /// look at their bytes, though equal topics need not be the same.
+    pub(crate) fn same(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 // Shared names (interned, or clones of one) are equal without comparing their bytes.
 impl PartialEq for Topic {
     fn eq(&self, other: &Self) -> bool {

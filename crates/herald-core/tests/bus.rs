@@ -590,6 +590,196 @@ async fn request_reply_returns_the_typed_answer() {
     assert!(matches!(&err, RequestError::Failed(r) if r == "never"), "{err}");
 }
 
+/// A request whose handler is in the runtime, with room in its limit and nothing due before it,
+/// runs in the requesting task: it is answered while every worker is busy, and its history is
+/// the same as a worker's attempt would leave.
+#[tokio::test(start_paused = true)]
+async fn a_request_runs_in_the_requesting_task_when_nothing_is_due_before_it() {
+    let herald = Herald::builder().system_events(false).workers(1).build().await.unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let g = gate.clone();
+    herald
+        .subscribe("blocker", "job.block")
+        .handle(move |_: u8, _ctx: Context| {
+            let (g, started_tx) = (g.clone(), started_tx.clone());
+            async move {
+                let _ = started_tx.send(());
+                g.notified().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    herald
+        .subscribe("double", "math.double")
+        .handle(|n: u64, _ctx: Context| async move { Ok::<_, HandlerError>(n * 2) })
+        .await
+        .unwrap();
+    herald.publish("job.block", &1u8).await.unwrap();
+    next(&mut started).await;
+
+    let t0 = herald.clock().now();
+    let doubled: u64 = herald.request("math.double", &21).await.unwrap();
+    assert_eq!(doubled, 42, "answered while the one worker is busy");
+    assert_eq!(herald.clock().now(), t0, "at once");
+    let page = herald.events().topic("math.double").await.unwrap();
+    let rec = &page.items[0];
+    assert_eq!(rec.status, EventStatus::Succeeded);
+    let delivery = herald.get(rec.event.id()).await.unwrap().unwrap().deliveries.remove(0);
+    assert_eq!(delivery.attempts.len(), 1);
+    assert_eq!(delivery.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+    assert_eq!(delivery.reply.as_deref(), Some(&b"42"[..]));
+    gate.notify_one();
+}
+
+/// A request to a subscription that has deliveries due waits for a worker behind them, in
+/// priority order, rather than running ahead of them in the requesting task.
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_behind_the_deliveries_due_before_it() {
+    let herald = Herald::builder().system_events(false).workers(1).build().await.unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let g = gate.clone();
+    herald
+        .subscribe("blocker", "job.block")
+        .handle(move |_: u8, _ctx: Context| {
+            let (g, started_tx) = (g.clone(), started_tx.clone());
+            async move {
+                let _ = started_tx.send(());
+                g.notified().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let (order_tx, mut order) = mpsc::unbounded_channel::<String>();
+    herald
+        .subscribe("rpc", "rpc.>")
+        .handle(move |what: String, _ctx: Context| {
+            let order_tx = order_tx.clone();
+            async move {
+                let _ = order_tx.send(what.clone());
+                Ok::<_, HandlerError>(what)
+            }
+        })
+        .await
+        .unwrap();
+    herald.publish("job.block", &1u8).await.unwrap();
+    next(&mut started).await;
+    for what in ["first", "second"] {
+        herald.publish("rpc.job", &what).priority(Priority::HIGH).await.unwrap();
+    }
+    let asking = herald.clone();
+    let request = tokio::spawn(async move { asking.request::<_, String>("rpc.ask", &"asked").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(order.try_recv().is_err(), "nothing ran while the worker was busy");
+    gate.notify_one();
+    assert_eq!(request.await.unwrap().unwrap(), "asked");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next(&mut order).await);
+    }
+    assert_eq!(seen, ["first", "second", "asked"]);
+}
+
+/// The requester's own attempt failing leaves the request to its retries; one whose handler
+/// waits goes on in a task of its own, within the request's timeout; a subscription's limit
+/// holds for requests as for every delivery.
+#[tokio::test(start_paused = true)]
+async fn requests_are_retried_and_waited_for_within_their_limits() {
+    let herald = bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    herald
+        .subscribe("flaky", "math.flaky")
+        .backoff(Backoff::fixed(Duration::from_secs(1)))
+        .handle(move |n: u64, ctx: Context| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if ctx.attempt() == 1 {
+                    return Err(HandlerError::msg("not yet"));
+                }
+                Ok::<_, HandlerError>(n + 1)
+            }
+        })
+        .await
+        .unwrap();
+    let t0 = herald.clock().now();
+    let got: u64 = herald.request("math.flaky", &1).await.unwrap();
+    assert_eq!(got, 2);
+    assert_eq!(herald.clock().now(), t0 + Duration::from_secs(1), "after the backoff");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    herald
+        .subscribe("slow", "math.slow")
+        .concurrency(2)
+        .handle(move |n: u64, _ctx: Context| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(n * 10)
+            }
+        })
+        .await
+        .unwrap();
+    let t0 = herald.clock().now();
+    let requests: Vec<_> = (0..6u64)
+        .map(|n| {
+            let herald = herald.clone();
+            tokio::spawn(async move {
+                herald
+                    .request::<_, u64>("math.slow", &n)
+                    .timeout(Duration::from_secs(60))
+                    .await
+            })
+        })
+        .collect();
+    for (n, r) in requests.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap().unwrap(), n as u64 * 10);
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "two at a time, and two do run at once");
+    assert_eq!(herald.clock().now(), t0 + Duration::from_secs(6), "three rounds of two");
+
+    let err = herald
+        .request::<_, u64>("math.slow", &1)
+        .timeout(Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout(_)), "{err}");
+    assert_eq!(
+        running.load(Ordering::SeqCst),
+        1,
+        "the attempt goes on after the requester left"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(running.load(Ordering::SeqCst), 0);
+}
+
+/// A request whose handler fails for good is a dead letter, announced like any other.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_fails_for_good_is_announced_dead() {
+    let herald = Herald::builder().build().await.unwrap();
+    let mut notices = recorder::<DeadLetter>(&herald, "watch-dead", DEAD_LETTER_TOPIC).await;
+    herald
+        .subscribe("refuse", "invoice.refuse")
+        .handle(|_: u8, _ctx: Context| async move { Err::<u8, _>(HandlerError::permanent("never")) })
+        .await
+        .unwrap();
+    let err = herald.request::<_, u8>("invoice.refuse", &1).await.unwrap_err();
+    assert!(matches!(&err, RequestError::Failed(r) if r == "never"), "{err}");
+    let (notice, _, _) = next(&mut notices).await;
+    assert_eq!(notice.subscription.as_str(), "refuse");
+    assert_eq!(notice.reason, "never");
+    let report = herald.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.interrupted, 0);
+}
+
 /// A handler in one runtime answers a requester in another that shares its store (through the
 /// store's answer announcement), and a requester in its own runtime (directly).
 #[tokio::test(start_paused = true)]

@@ -55,7 +55,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn new(sub: Arc<LocalSub>) -> Self {
+    pub(crate) fn new(sub: Arc<LocalSub>) -> Self {
         Slot {
             sub,
             held: Cell::new(true),
@@ -108,7 +108,7 @@ impl Demand {
     }
 
     /// Takes up to `n` units of the limit; returns how many it took.
-    fn reserve(&self, n: usize) -> usize {
+    pub(crate) fn reserve(&self, n: usize) -> usize {
         let mut current = self.running.load(Ordering::Acquire);
         loop {
             let take = n.min(self.limit.saturating_sub(current));
@@ -125,7 +125,7 @@ impl Demand {
         }
     }
 
-    fn release(&self, n: usize) {
+    pub(crate) fn release(&self, n: usize) {
         if n > 0 {
             self.running.fetch_sub(n, Ordering::AcqRel);
         }
@@ -370,7 +370,8 @@ fn pick(inner: &Inner, subs: &mut SubsCopy) -> Option<(Arc<LocalSub>, usize)> {
         {
             continue;
         }
-        if d.claiming.swap(true, Ordering::AcqRel) {
+        // SeqCst, as in `Inner::end_claim_here`: a claim a requester held is looked at again.
+        if d.claiming.swap(true, Ordering::SeqCst) {
             continue;
         }
         let got = d.reserve(want);
@@ -445,7 +446,7 @@ pub(crate) async fn record_all(inner: &Arc<Inner>, outcomes: &mut Vec<Finished>)
 }
 
 /// One outcome: its store call, then what follows it.
-async fn record_one(inner: &Inner, done: Finished) {
+pub(crate) async fn record_one(inner: &Inner, done: Finished) {
     let result = match inner.store.immediate() {
         Some(store) => {
             // A requester waiting in this runtime is answered below: no one else needs to hear of

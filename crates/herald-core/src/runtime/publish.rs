@@ -4,6 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,10 +13,13 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::pool::{Job, Slot};
+use super::subscribe::LocalSub;
+use super::worker::{self, RanHere};
 use super::{Answer, Herald, Inner};
 use crate::error::{PublishError, RequestError};
 use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority, ReplyTo};
-use crate::store::{CancelAs, Published};
+use crate::store::{CancelAs, Published, Verdict};
 use crate::time::Timestamp;
 use crate::topic::Topic;
 
@@ -329,15 +333,29 @@ impl Inner {
 
     /// One message: what `publish_many` does for a batch of one, without its vectors.
     pub(crate) async fn publish_one(&self, message: Message, room: Room) -> Result<Published, PublishError> {
-        // Waiting for room is rare: its future is boxed, with the message in it, so that neither
-        // makes every publish's future larger (each `.await` of it moves it).
-        let message = if self.has_room(room)? {
-            message
-        } else {
-            Box::pin(async move { self.reserve(room).await.map(|()| message) }).await?
-        };
+        let message = self.room_for(message, room).await?;
         let now = self.clock.now();
         let (event, counter) = message.into_event(self, now)?;
+        self.store_event(event, counter, now).await
+    }
+
+    /// Gives `message` back once there is room for it (see `reserve`).
+    async fn room_for(&self, message: Message, room: Room) -> Result<Message, PublishError> {
+        if self.has_room(room)? {
+            return Ok(message);
+        }
+        // Waiting for room is rare: its future is boxed, with the message in it, so that neither
+        // makes every publish's future larger (each `.await` of it moves it).
+        Box::pin(async move { self.reserve(room).await.map(|()| message) }).await
+    }
+
+    /// Stores an event made at `now` and hands a delivery that is due to the pool.
+    async fn store_event(
+        &self,
+        event: Event,
+        counter: metrics::Counter,
+        now: Timestamp,
+    ) -> Result<Published, PublishError> {
         let due_now = event.deliver_at() <= now;
         let span = tracing::debug_span!("herald.publish", count = 1);
         let published = if let Some(store) = self.store.immediate() {
@@ -583,42 +601,235 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let inner = &self.herald.inner;
-            let id = EventId::new();
-            let topic = self.message.topic.clone();
             let mut message = self.message.ttl(self.timeout);
-            message.id = Some(id);
             message.reply_to = Some(inner.reply_to.clone());
-            let (tx, rx) = oneshot::channel();
-            inner.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-            let published = match inner.publish_one(message, Room::Wait).await {
-                Ok(p) => p,
-                Err(e) => {
-                    inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    return Err(e.into());
+            let message = inner.room_for(message, Room::Wait).await?;
+            // One clock read for the event's times, its id, the deadline and the attempt's start.
+            let started = tokio::time::Instant::now();
+            let deadline = started + self.timeout;
+            let now = inner.clock.reading_at(started);
+            let (event, counter) = message.into_event(inner, now)?;
+            let id = event.id();
+            let here = match inner.store.immediate() {
+                Some(store) if event.deliver_at() <= now => inner.claim_here(event.topic()).map(|sub| (store, sub)),
+                _ => None,
+            };
+            let (answer, published, topic) = match here {
+                Some((store, sub)) => {
+                    // Kept for the error that no handler answers (its count is this thread's).
+                    let sent = event.clone();
+                    let stored = store.publish_claim_now(event, now, inner.own_listener, &sub.name, sub.lease);
+                    let (published, claimed) = match stored {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            sub.demand.release(1);
+                            inner.end_claim_here(&sub);
+                            return Err(PublishError::from(e).into());
+                        }
+                    };
+                    let routed = match published {
+                        Published::Stored { deliveries, .. } => {
+                            counter.increment(1);
+                            deliveries
+                        }
+                        Published::Duplicate { .. } => 0,
+                    };
+                    let Some(claimed) = claimed else {
+                        // It waits for a worker like any delivery. No worker claims for `sub`
+                        // until `end_claim_here`: the waiter is in place before any answer.
+                        sub.demand.release(1);
+                        let answer = inner.wait_for(id);
+                        inner.end_claim_here(&sub);
+                        if routed > 0 {
+                            inner.notify_due();
+                        }
+                        let topic = sent.topic().clone();
+                        drop(sent);
+                        return finish(inner, answer, published, topic, deadline, self.timeout).await;
+                    };
+                    drop(sent);
+                    inner.end_claim_here(&sub);
+                    if routed > 1 {
+                        // Deliveries for other subscriptions are due.
+                        inner.notify_due();
+                    }
+                    inner.in_flight.start(1);
+                    let claimed_topic = claimed.event.topic().clone();
+                    let job = Job {
+                        claimed,
+                        slot: Slot::new(sub),
+                    };
+                    let answer = match worker::run_here(inner, job, started).await {
+                        RanHere::Ended(Some(done)) => match &done.outcome.verdict {
+                            Verdict::Succeeded { reply } => {
+                                // Decoded before the reply goes to the store with the outcome;
+                                // nothing is awaited after (the reply type need not be `Send`).
+                                let reply = reply.as_deref().unwrap_or_default();
+                                let decoded = serde_json::from_slice(reply).map_err(RequestError::Decode);
+                                let rest = worker::record_here(inner, store, done, true);
+                                debug_assert!(rest.is_none(), "only a death has more to do");
+                                return decoded;
+                            }
+                            Verdict::Dead { reason } => {
+                                let failed = RequestError::Failed(reason.clone());
+                                if let Some(death) = worker::record_here(inner, store, done, true) {
+                                    death.await;
+                                }
+                                return Err(failed);
+                            }
+                            _ => {
+                                // It failed and is retried: its answer comes from a later
+                                // attempt, which cannot start before the outcome is recorded.
+                                let answer = inner.wait_for(id);
+                                if let Some(death) = worker::record_here(inner, store, done, false) {
+                                    death.await;
+                                }
+                                answer
+                            }
+                        },
+                        // The lease went to another claim (the handler outlived it without
+                        // waiting): that attempt answers.
+                        RanHere::Ended(None) => inner.wait_for(id),
+                        RanHere::Waiting(rest) => {
+                            let answer = inner.wait_for(id);
+                            inner.background.spawn(rest);
+                            answer
+                        }
+                    };
+                    (answer, published, claimed_topic)
+                }
+                None => {
+                    let topic = event.topic().clone();
+                    // The waiter first: a worker may answer as soon as the event is stored.
+                    let answer = inner.wait_for(id);
+                    match inner.store_event(event, counter, now).await {
+                        Ok(published) => (answer, published, topic),
+                        Err(e) => {
+                            inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                            return Err(e.into());
+                        }
+                    }
                 }
             };
-            if let Published::Stored { deliveries: 0, .. } = published {
-                inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                let topic = match topic {
-                    MessageTopic::Interned(topic, _) => topic,
-                    MessageTopic::Name(name) => Topic::new(&name).map_err(PublishError::from)?,
-                };
-                return Err(RequestError::NoHandler(topic));
-            }
-            match tokio::time::timeout(self.timeout, rx).await {
-                Ok(Ok(Answer::Reply(bytes))) => serde_json::from_slice(&bytes).map_err(RequestError::Decode),
-                Ok(Ok(Answer::Failed(reason))) => Err(RequestError::Failed(reason)),
-                Ok(Err(_)) => Err(RequestError::ShuttingDown),
-                Err(_) => {
-                    inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    // The event's TTL already keeps a later claim from starting it; ending it
-                    // now makes its status say so at once.
-                    inner.store.cancel(id, CancelAs::Expired).await?;
-                    inner.metrics.expired.increment(1);
-                    inner.made_room();
-                    Err(RequestError::Timeout(self.timeout))
-                }
-            }
+            finish(inner, answer, published, topic, deadline, self.timeout).await
         })
+    }
+}
+
+/// Waits for the answer to the request `published`, until `deadline`.
+async fn finish<R: DeserializeOwned>(
+    inner: &Inner,
+    answer: oneshot::Receiver<Answer>,
+    published: Published,
+    topic: Topic,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<R, RequestError> {
+    let id = published.id();
+    if let Published::Stored { deliveries: 0, .. } = published {
+        inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        return Err(RequestError::NoHandler(topic));
+    }
+    match tokio::time::timeout_at(deadline, answer).await {
+        Ok(Ok(Answer::Reply(bytes))) => serde_json::from_slice(&bytes).map_err(RequestError::Decode),
+        Ok(Ok(Answer::Failed(reason))) => Err(RequestError::Failed(reason)),
+        Ok(Err(_)) => Err(RequestError::ShuttingDown),
+        Err(_) => {
+            inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            // The event's TTL already keeps a later claim from starting it; ending it now makes
+            // its status say so at once.
+            inner.store.cancel(id, CancelAs::Expired).await?;
+            inner.metrics.expired.increment(1);
+            inner.made_room();
+            Err(RequestError::Timeout(timeout))
+        }
+    }
+}
+
+/// The subscriptions of the runtime a thread last sent a request through (see `claim_here`).
+struct RequestSubs {
+    /// The runtime's id.
+    runtime: u64,
+    /// The version of its list this copy was taken at.
+    version: u64,
+    /// Weak, so that a thread does not keep a subscription (and what its handler holds) alive
+    /// after its runtime let go of it.
+    subs: Vec<Weak<LocalSub>>,
+    /// The last topic looked up and the subscription it matched first, if one did: a run of
+    /// requests to one topic (interned: compared by address) matches its patterns once.
+    last: Option<(Topic, Option<usize>)>,
+}
+
+thread_local! {
+    static REQUEST_SUBS: std::cell::RefCell<Option<RequestSubs>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Inner {
+    /// A waiter for the answer to the request `id`.
+    fn wait_for(&self, id: EventId) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        self.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        rx
+    }
+
+    /// The local subscription whose handler the requester may run itself for a request to `topic`
+    /// (the first whose pattern matches), taken for that claim: it is running, a unit of its
+    /// limit is reserved, and no one else claims for it until `end_claim_here`.
+    fn claim_here(&self, topic: &Topic) -> Option<Arc<LocalSub>> {
+        if self.claims_stopped.load(Ordering::Relaxed) {
+            return None;
+        }
+        let sub = REQUEST_SUBS.with(|cached| {
+            let mut cached = cached.try_borrow_mut().ok()?;
+            let version = self.subs.version.load(Ordering::Acquire);
+            let c = match &mut *cached {
+                Some(c) if c.runtime == self.id && c.version == version => c,
+                stale => {
+                    // The version first, as in `Subs::copy`.
+                    let list = self.subs.snapshot();
+                    stale.insert(RequestSubs {
+                        runtime: self.id,
+                        version,
+                        subs: list.iter().map(Arc::downgrade).collect(),
+                        last: None,
+                    })
+                }
+            };
+            let found = match &c.last {
+                Some((last, found)) if last.same(topic) => *found,
+                _ => {
+                    let found = c
+                        .subs
+                        .iter()
+                        .position(|s| s.upgrade().is_some_and(|s| s.pattern.matches(topic)));
+                    c.last = Some((topic.clone(), found));
+                    found
+                }
+            };
+            c.subs.get(found?)?.upgrade()
+        })?;
+        if sub.paused.load(Ordering::Relaxed) || sub.unsubscribed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let d = &sub.demand;
+        // Read before it is swapped, like the pool's flags.
+        if d.claiming.load(Ordering::Relaxed) || d.claiming.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        if d.reserve(1) == 0 {
+            self.end_claim_here(&sub);
+            return None;
+        }
+        Some(sub)
+    }
+
+    /// Ends a claim that `claim_here` took. A worker that found the subscription taken while it
+    /// had due work is woken to look again. (SeqCst with the pool's swap of `claiming` and its
+    /// clearing of `waking`: either that worker sees the claim ended or this sees it looking.)
+    fn end_claim_here(&self, sub: &LocalSub) {
+        sub.demand.claiming.store(false, Ordering::SeqCst);
+        if sub.demand.due.load(Ordering::SeqCst) {
+            self.pool.wake();
+        }
     }
 }

@@ -17,13 +17,13 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::pool::Job;
+use super::pool::{Job, Slot};
 use super::publish::{Message, Room};
 use super::subscribe::LocalSub;
 use super::{Answer, DeadLetter, Herald, Inner, DEAD_LETTER_TOPIC};
 use crate::event::EventId;
 use crate::handler::{AttemptResult, Context};
-use crate::store::{Claimed, Completion, Lease, Outcome, StoreError, Verdict};
+use crate::store::{Claimed, Completion, ImmediateStore, Lease, Outcome, StoreError, Verdict};
 
 /// How an attempt ended, before it is judged against the policy.
 enum Ended {
@@ -87,19 +87,24 @@ impl InFlight {
     }
 }
 
+/// The span of one attempt.
+fn attempt_span(job: &Job) -> tracing::Span {
+    tracing::info_span!(
+        "herald.attempt",
+        subscription = %job.slot.sub.name,
+        topic = %job.claimed.event.topic(),
+        event_id = %job.claimed.event.id(),
+        attempt = job.claimed.attempt,
+    )
+}
+
 /// Runs one claimed delivery; returns its outcome for the pool to record, or `None` when the
 /// lease went to another claim (the delivery is then finished here).
 ///
 /// `deferred` holds the outcomes its worker has kept back (see `pool::work`): they are recorded
 /// before the attempt waits for anything.
 pub(crate) async fn run(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> Option<Finished> {
-    let span = tracing::info_span!(
-        "herald.attempt",
-        subscription = %job.slot.sub.name,
-        topic = %job.claimed.event.topic(),
-        event_id = %job.claimed.event.id(),
-        attempt = job.claimed.attempt,
-    );
+    let span = attempt_span(&job);
     // Without a subscriber that wants the span, the attempt is not wrapped: wrapping moves its
     // (large) future once more.
     let finished = if span.is_disabled() {
@@ -120,8 +125,6 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
     // One clock read for the start: the tokio instant gives the timestamp too.
     let started = Instant::now();
     let started_at = inner.clock.reading_at(started);
-    let late_ms = started_at.millis_since(claimed.due).max(0);
-    sub.metrics.lateness.record(late_ms as f64 / 1000.0);
     // Claimed ahead of a free worker, it may have waited in the queue: a lease more than half
     // spent is renewed before the handler starts, and a lease lost meanwhile gives the delivery up
     // to the claim that took it.
@@ -133,20 +136,10 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
             return None;
         }
     }
-
-    let deadline = sub.policy.timeout.map(|t| started + t);
-    let ctx = Context::new(
-        claimed.event.clone(),
-        claimed.lease.delivery,
-        claimed.subscription.clone(),
-        claimed.attempt,
-        claimed.due,
-        deadline,
-    );
-    let ended = match std::panic::catch_unwind(AssertUnwindSafe(|| (sub.handler)(claimed.event.clone(), ctx))) {
-        Err(panic) => Ended::Panicked(panic_message(&*panic)),
-        Ok(fut) => {
-            let mut fut = AssertUnwindSafe(fut).catch_unwind();
+    let (deadline, handling) = begin(sub, &claimed, started, started_at);
+    let ended = match handling {
+        Err(ended) => ended,
+        Ok(mut fut) => {
             // A handler that finishes in its first poll needs no timer: registering one (and
             // removing it) is a measurable part of a quick handler's cost. Nor does it need the
             // supervision's future, boxed for the handlers that wait.
@@ -162,7 +155,40 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
             }
         }
     };
+    conclude(inner, &slot, claimed, ended, started)
+}
+
+/// The start of an attempt: its lateness, its context, and the handler called (its future, or
+/// how it ended if calling it panicked). Returns the attempt's deadline too.
+fn begin(
+    sub: &LocalSub,
+    claimed: &Claimed,
+    started: Instant,
+    started_at: crate::time::Timestamp,
+) -> (Option<Instant>, Result<Handling, Ended>) {
+    let late_ms = started_at.millis_since(claimed.due).max(0);
+    sub.metrics.lateness.record(late_ms as f64 / 1000.0);
+    let deadline = sub.policy.timeout.map(|t| started + t);
+    let ctx = Context::new(
+        claimed.event.clone(),
+        claimed.lease.delivery,
+        claimed.subscription.clone(),
+        claimed.attempt,
+        claimed.due,
+        deadline,
+    );
+    let handling = match std::panic::catch_unwind(AssertUnwindSafe(|| (sub.handler)(claimed.event.clone(), ctx))) {
+        Err(panic) => Err(Ended::Panicked(panic_message(&*panic))),
+        Ok(fut) => Ok(AssertUnwindSafe(fut).catch_unwind()),
+    };
+    (deadline, handling)
+}
+
+/// The end of an attempt: frees its slot, records its metrics and judges it. `None` when the lease
+/// went to another claim, which owns the outcome.
+fn conclude(inner: &Inner, slot: &Slot, claimed: Claimed, ended: Ended, started: Instant) -> Option<Finished> {
     slot.free();
+    let sub = &*slot.sub;
     let ended_at = Instant::now();
     let finished_at = inner.clock.reading_at(ended_at);
     let took = ended_at.saturating_duration_since(started);
@@ -188,7 +214,6 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
         }
         _ => {}
     }
-    // `None`: the lease went to another claim, which owns the outcome.
     let verdict = verdict?;
     let outcome = Outcome {
         lease: claimed.lease,
@@ -196,6 +221,110 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
         verdict,
     };
     Some(Finished { claimed, outcome })
+}
+
+/// How an attempt that its requester runs (see `Request`) went in its first poll.
+pub(crate) enum RanHere {
+    /// The attempt ended; `None` when its lease went to another claim (it is then finished).
+    Ended(Option<Finished>),
+    /// The handler waits: the rest of the attempt, to run on a task of its own (it records the
+    /// outcome and answers the requester through the runtime's waiters, as a worker would).
+    Waiting(BoxFuture<'static, ()>),
+}
+
+/// Runs a request's attempt in the requester's task up to the handler's first wait: a quick
+/// handler ends there, with no task woken and no timer set.
+/// `started` is when the delivery was claimed, an instant ago: the attempt's start.
+pub(crate) async fn run_here(inner: &Arc<Inner>, job: Job, started: Instant) -> RanHere {
+    let span = attempt_span(&job);
+    let ran = if span.is_disabled() {
+        first_poll(inner, job, started, span).await
+    } else {
+        first_poll(inner, job, started, span.clone()).instrument(span).await
+    };
+    if let RanHere::Ended(None) = ran {
+        inner.in_flight.finish();
+    }
+    ran
+}
+
+async fn first_poll(inner: &Arc<Inner>, job: Job, started: Instant, span: tracing::Span) -> RanHere {
+    let Job { claimed, slot } = job;
+    let started_at = inner.clock.reading_at(started);
+    let (deadline, handling) = begin(&slot.sub, &claimed, started, started_at);
+    let ended = match handling {
+        Err(ended) => ended,
+        Ok(mut fut) => match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
+            Poll::Ready(r) => returned(r),
+            Poll::Pending => {
+                let inner = inner.clone();
+                let rest = async move {
+                    let ended = supervise(&inner, &slot.sub, &claimed, fut, started, deadline).await;
+                    let finished = conclude(&inner, &slot, claimed, ended, started);
+                    freed(&inner, &slot.sub);
+                    match finished {
+                        Some(done) => super::pool::record_one(&inner, done).await,
+                        None => inner.in_flight.finish(),
+                    }
+                };
+                return RanHere::Waiting(Box::pin(rest.instrument(span)));
+            }
+        },
+    };
+    let finished = conclude(inner, &slot, claimed, ended, started);
+    freed(inner, &slot.sub);
+    RanHere::Ended(finished)
+}
+
+/// A unit of `sub`'s limit was given back outside the pool: a worker is woken if the subscription
+/// has due work (a worker that gives one back looks for more itself).
+fn freed(inner: &Inner, sub: &LocalSub) {
+    if sub.demand.due.load(Ordering::SeqCst) {
+        inner.pool.wake();
+    }
+}
+
+/// Records in `store` the outcome of an attempt its requester ran. `answered`: the requester has
+/// its answer from the outcome itself (it waits for no other). Returns what is left to await when
+/// the delivery died: the announcement of its death (it counts as in flight until then).
+pub(crate) fn record_here<'a>(
+    inner: &'a Inner,
+    store: &dyn ImmediateStore,
+    done: Finished,
+    answered: bool,
+) -> Option<BoxFuture<'a, ()>> {
+    let Finished { claimed, outcome } = done;
+    let dead = match &outcome.verdict {
+        Verdict::Dead { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    let now = outcome.finished_at;
+    match store.complete_one_now(outcome, answered, now) {
+        Ok(Completion::Applied) => {
+            if let Some(reason) = dead {
+                let notice = DeadLetter {
+                    event_id: claimed.event.id(),
+                    delivery_id: claimed.lease.delivery,
+                    topic: claimed.event.topic().clone(),
+                    subscription: claimed.subscription,
+                    attempts: claimed.attempt,
+                    reason,
+                };
+                return Some(Box::pin(async move {
+                    announce_death(inner, &claimed.event, notice).await;
+                    inner.in_flight.finish();
+                    inner.made_room();
+                }));
+            }
+        }
+        Ok(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
+        Err(e) => {
+            tracing::error!(error = %e, "herald: could not record an outcome; the delivery will run again after its lease");
+        }
+    }
+    inner.in_flight.finish();
+    inner.made_room();
+    None
 }
 
 /// An attempt's outcome on its way to the store.

@@ -190,6 +190,18 @@ impl ReadyQueue {
         Some(at)
     }
 
+    /// The one delivery queued, when there is exactly one.
+    fn only(&self) -> Option<Ref> {
+        if !self.occupied.is_power_of_two() {
+            return None;
+        }
+        let level = &self.levels[self.occupied.trailing_zeros() as usize];
+        match (level.len(), level.front()) {
+            (1, Some(&(_, at))) => Some(at),
+            _ => None,
+        }
+    }
+
     fn drain(&mut self) -> impl Iterator<Item = Ref> + '_ {
         self.occupied = 0;
         self.levels.iter_mut().flat_map(|l| l.drain(..).map(|(_, at)| at))
@@ -519,12 +531,33 @@ fn set_status(counts: &mut StatusCounts, d: &mut D, to: DeliveryStatus) {
     d.status = to;
 }
 
+/// What became of a delivery taken off a ready queue for a claim.
+enum Take {
+    Claimed(Claimed),
+    /// Its event expired: the delivery is now expired, and its record is to be closed.
+    Expired,
+    /// It was no longer pending (a stale entry).
+    Gone,
+}
+
 impl State {
     fn sub_index(&self, name: &SubscriptionName) -> Result<u32, StoreError> {
         self.sub_ids
             .get(name)
             .copied()
             .ok_or_else(|| StoreError::UnknownSubscription(name.clone()))
+    }
+
+    /// The subscriptions `topic` routes to, taken out of `last_route` for the caller to put back
+    /// (see `insert`): a clone would write the count that every publishing thread writes.
+    fn take_route(&mut self, topic: &Topic) -> (Topic, Arc<[u32]>) {
+        match self.last_route.take() {
+            Some((last, r)) if last == *topic => (last, r),
+            _ => {
+                let r = self.route(topic);
+                self.last_route.take().unwrap_or_else(|| (topic.clone(), r))
+            }
+        }
     }
 
     fn route(&mut self, topic: &Topic) -> Arc<[u32]> {
@@ -880,16 +913,23 @@ impl State {
 
     /// Stores one event and fans it out; notes in `wake` the due time to announce. The first
     /// delivery takes `first_id` if given (made before the lock was taken: an id reads the clock).
-    fn insert(&mut self, event: Event, first_id: Option<DeliveryId>, now: Timestamp, wake: &mut Announce) -> Published {
+    /// Returns, for a stored event, its slot and generation too.
+    fn insert(
+        &mut self,
+        event: Event,
+        first_id: Option<DeliveryId>,
+        now: Timestamp,
+        wake: &mut Announce,
+    ) -> (Published, Option<(u32, u32)>) {
         if let Some(&first) = event.key().and_then(|k| self.keys.get(k)) {
-            return Published::Duplicate { id: first };
+            return (Published::Duplicate { id: first }, None);
         }
         // A publish retried with the same event id (a client that lost the answer) stores
         // nothing new.
         if self.by_id.contains(&event.id()) {
-            return Published::Duplicate { id: event.id() };
+            return (Published::Duplicate { id: event.id() }, None);
         }
-        let routes = self.route(event.topic());
+        let (route_topic, routes) = self.take_route(event.topic());
         let id = event.id();
         let due = event.deliver_at();
         let immediate = due <= now;
@@ -949,7 +989,70 @@ impl State {
             let earliest = if immediate { &mut wake.now } else { &mut wake.ahead };
             *earliest = Some(earliest.map_or(due, |e| e.min(due)));
         }
-        Published::Stored { id, deliveries: n }
+        self.last_route = Some((route_topic, routes));
+        (Published::Stored { id, deliveries: n }, Some((slot, gen)))
+    }
+
+    /// Leases the delivery `at`, just taken off `sub`'s ready queue, until `lease_until`.
+    fn take(
+        &mut self,
+        sub: u32,
+        at: Ref,
+        subscription: &SubscriptionName,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Take {
+        // The token is the slot in its high half and a claim counter in its low half: unique per
+        // claim of a delivery (fencing), and it leads `complete` straight to the slot.
+        self.next_token = self.next_token.wrapping_add(1);
+        let token = (u64::from(at.slot) << 32) | (self.next_token & 0xffff_ffff);
+        let counts = &mut self.counts;
+        let Some((rec, i)) = delivery_mut(&mut self.slots, at) else {
+            return Take::Gone;
+        };
+        if rec.deliveries[i].status != DeliveryStatus::Pending {
+            return Take::Gone;
+        }
+        if rec.event.is_expired_at(now) {
+            set_status(counts, &mut rec.deliveries[i], DeliveryStatus::Expired);
+            return Take::Expired;
+        }
+        let d = &mut rec.deliveries[i];
+        set_status(counts, d, DeliveryStatus::Active);
+        let attempt = d.attempts + 1;
+        if attempt == 1 && d.history_inline() {
+            // The common case: no allocation (see `D`).
+            d.started_at = now;
+        } else {
+            d.history_mut().push(Attempt::started(attempt, now));
+        }
+        d.attempts = attempt;
+        d.token = token as u32;
+        d.until = lease_until;
+        let claimed = Claimed::new(
+            Lease { delivery: d.id, token },
+            lease_until,
+            subscription.clone(),
+            rec.event.clone(),
+            d.attempts,
+            d.due,
+        );
+        if let Some(s) = self.subs.get_mut(sub as usize) {
+            s.leases.push(lease_until, at, token);
+        }
+        Take::Claimed(claimed)
+    }
+
+    /// Whether `sub` has nothing due but `at`, just published: no other ready delivery, none
+    /// scheduled whose time has come, no lease run out. A claim of `at` alone then takes what a
+    /// claim of the subscription would take first.
+    fn only_due(&self, sub: u32, at: Ref, now: Timestamp) -> bool {
+        let Some(s) = self.subs.get(sub as usize) else {
+            return false;
+        };
+        s.ready.only() == Some(at)
+            && s.scheduled.peek().is_none_or(|Reverse((due, _))| *due > now)
+            && s.leases.peek().is_none_or(|(until, _, _)| *until > now)
     }
 
     fn alloc(&mut self, rec: Rec) -> (u32, u32) {
@@ -981,12 +1084,58 @@ impl ImmediateStore for MemoryStore {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut wake = Announce::default();
-        let out = st.insert(event, Some(first_id), now, &mut wake);
+        let (out, _) = st.insert(event, Some(first_id), now, &mut wake);
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
         self.announce(wake, now, handled_by);
         Ok(out)
+    }
+
+    fn publish_claim_now(
+        &self,
+        event: Event,
+        now: Timestamp,
+        handled_by: Option<ListenerKey>,
+        claim_for: &SubscriptionName,
+        lease: Duration,
+    ) -> Result<(Published, Option<Claimed>), StoreError> {
+        let first_id = DeliveryId::new_at(now);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut wake = Announce::default();
+        let (out, stored) = st.insert(event, Some(first_id), now, &mut wake);
+        let mut claimed = None;
+        if let (Some((slot, gen)), Some(&sub)) = (stored, st.sub_ids.get(claim_for)) {
+            let idx = st.slots[slot as usize]
+                .rec
+                .as_ref()
+                .and_then(|rec| rec.deliveries.iter().position(|d| d.sub == sub))
+                .and_then(|i| u16::try_from(i).ok());
+            let at = idx.map(|idx| Ref { slot, gen, idx });
+            if let Some(at) = at.filter(|&at| st.only_due(sub, at, now)) {
+                if let Some(s) = st.subs.get_mut(sub as usize) {
+                    s.ready.pop();
+                }
+                match st.take(sub, at, claim_for, now, now + lease) {
+                    Take::Claimed(c) => claimed = Some(c),
+                    Take::Expired => {
+                        metrics::counter!("herald_deliveries_expired_total").increment(1);
+                        st.close_one(at, now);
+                    }
+                    Take::Gone => {}
+                }
+                if matches!(out, Published::Stored { deliveries: 1, .. }) {
+                    // Its one delivery is taken: nothing is due for anyone else to claim.
+                    wake.now = None;
+                }
+            }
+        }
+        let evicted = self.settle(st, now);
+        drop(guard);
+        drop(evicted);
+        self.announce(wake, now, handled_by);
+        Ok((out, claimed))
     }
 
     fn claim_now(
@@ -1009,44 +1158,10 @@ impl ImmediateStore for MemoryStore {
         while out.len() - first < max {
             let Some(s) = st.subs.get_mut(sub as usize) else { break };
             let Some(at) = s.ready.pop() else { break };
-            // The token is the slot in its high half and a claim counter in its low half: unique
-            // per claim of a delivery (fencing), and it leads `complete` straight to the slot.
-            st.next_token = st.next_token.wrapping_add(1);
-            let token = (u64::from(at.slot) << 32) | (st.next_token & 0xffff_ffff);
-            let counts = &mut st.counts;
-            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
-                continue;
-            };
-            if rec.deliveries[i].status != DeliveryStatus::Pending {
-                continue;
-            }
-            if rec.event.is_expired_at(now) {
-                set_status(counts, &mut rec.deliveries[i], DeliveryStatus::Expired);
-                expired.push(at);
-                continue;
-            }
-            let d = &mut rec.deliveries[i];
-            set_status(counts, d, DeliveryStatus::Active);
-            let attempt = d.attempts + 1;
-            if attempt == 1 && d.history_inline() {
-                // The common case: no allocation (see `D`).
-                d.started_at = now;
-            } else {
-                d.history_mut().push(Attempt::started(attempt, now));
-            }
-            d.attempts = attempt;
-            d.token = token as u32;
-            d.until = lease_until;
-            out.push(Claimed::new(
-                Lease { delivery: d.id, token },
-                lease_until,
-                subscription.clone(),
-                rec.event.clone(),
-                d.attempts,
-                d.due,
-            ));
-            if let Some(s) = st.subs.get_mut(sub as usize) {
-                s.leases.push(lease_until, at, token);
+            match st.take(sub, at, subscription, now, lease_until) {
+                Take::Claimed(c) => out.push(c),
+                Take::Expired => expired.push(at),
+                Take::Gone => {}
             }
         }
         if !expired.is_empty() {
@@ -1190,7 +1305,7 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(events.len());
         let mut wake = Announce::default();
         for event in events {
-            out.push(st.insert(event, None, now, &mut wake));
+            out.push(st.insert(event, None, now, &mut wake).0);
         }
         let evicted = self.settle(st, now);
         drop(guard);

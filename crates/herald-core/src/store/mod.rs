@@ -111,6 +111,40 @@ pub trait ImmediateStore: Send + Sync {
         handled_by: Option<ListenerKey>,
     ) -> Result<Published, StoreError>;
 
+    /// [`publish_one_now`](Self::publish_one_now), then, in the same step, a claim of the new
+    /// event's delivery for `claim_for` under a lease of `lease`, when that delivery is all the
+    /// subscription has due (nothing of any priority waits before it): the caller runs it at once
+    /// (the runtime does so for a request whose handler is in its process). `None` when it is not
+    /// claimed; it is then pending like any other.
+    ///
+    /// The default publishes and claims nothing.
+    ///
+    /// ```
+    /// use herald_core::{Event, EventParts, MemoryStore, Pattern, Store, SubscriptionName, SubscriptionSpec, Topic};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let name = SubscriptionName::new("render")?;
+    /// store.declare(&SubscriptionSpec { name: name.clone(), pattern: Pattern::new("invoice.*")? }).await?;
+    /// let direct = store.immediate().ok_or("the memory store never waits")?;
+    /// let event = Event::from_parts(EventParts::new(Topic::new("invoice.render")?, "7"));
+    /// let (_, claimed) = direct.publish_claim_now(event, store.clock().now(), None, &name, Duration::from_secs(30))?;
+    /// assert_eq!(claimed.map(|c| c.attempt), Some(1));
+    /// # Ok(()) }
+    /// ```
+    fn publish_claim_now(
+        &self,
+        event: Event,
+        now: Timestamp,
+        handled_by: Option<ListenerKey>,
+        claim_for: &SubscriptionName,
+        lease: Duration,
+    ) -> Result<(Published, Option<Claimed>), StoreError> {
+        let _ = (claim_for, lease);
+        Ok((self.publish_one_now(event, now, handled_by)?, None))
+    }
+
     /// [`Store::claim`], appending the claimed deliveries to `into` (a buffer the caller reuses:
     /// a claim's vector of 16 or more deliveries is a large allocation).
     fn claim_now(
