@@ -370,8 +370,7 @@ fn pick(inner: &Inner, subs: &mut SubsCopy) -> Option<(Arc<LocalSub>, usize)> {
         {
             continue;
         }
-        // SeqCst, as in `Inner::end_claim_here`: a claim a requester held is looked at again.
-        if d.claiming.swap(true, Ordering::SeqCst) {
+        if d.claiming.swap(true, Ordering::AcqRel) {
             continue;
         }
         let got = d.reserve(want);

@@ -19,7 +19,7 @@ use super::worker::{self, RanHere};
 use super::{Answer, Herald, Inner};
 use crate::error::{PublishError, RequestError};
 use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority, ReplyTo};
-use crate::store::{CancelAs, Published, Verdict};
+use crate::store::{CancelAs, PublishClaim, Published, Verdict};
 use crate::time::Timestamp;
 use crate::topic::Topic;
 
@@ -333,20 +333,13 @@ impl Inner {
 
     /// One message: what `publish_many` does for a batch of one, without its vectors.
     pub(crate) async fn publish_one(&self, message: Message, room: Room) -> Result<Published, PublishError> {
-        let message = self.room_for(message, room).await?;
+        if !self.has_room(room)? {
+            // Rare: boxed, so that its future does not make every publish's larger.
+            Box::pin(self.reserve(room)).await?;
+        }
         let now = self.clock.now();
         let (event, counter) = message.into_event(self, now)?;
         self.store_event(event, counter, now).await
-    }
-
-    /// Gives `message` back once there is room for it (see `reserve`).
-    async fn room_for(&self, message: Message, room: Room) -> Result<Message, PublishError> {
-        if self.has_room(room)? {
-            return Ok(message);
-        }
-        // Waiting for room is rare: its future is boxed, with the message in it, so that neither
-        // makes every publish's future larger (each `.await` of it moves it).
-        Box::pin(async move { self.reserve(room).await.map(|()| message) }).await
     }
 
     /// Stores an event made at `now` and hands a delivery that is due to the pool.
@@ -601,135 +594,131 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let inner = &self.herald.inner;
-            let mut message = self.message.ttl(self.timeout);
+            if !inner.has_room(Room::Wait)? {
+                Box::pin(inner.reserve(Room::Wait)).await?;
+            }
+            // Set in place: the message is large, and each builder call would move it.
+            let mut message = self.message;
+            message.ttl = Some(self.timeout);
             message.reply_to = Some(inner.reply_to.clone());
-            let message = inner.room_for(message, Room::Wait).await?;
             // One clock read for the event's times, its id, the deadline and the attempt's start.
             let started = tokio::time::Instant::now();
             let deadline = started + self.timeout;
             let now = inner.clock.reading_at(started);
-            let (event, counter) = message.into_event(inner, now)?;
+            let (mut event, counter) = message.into_event(inner, now)?;
             let id = event.id();
             let here = match inner.store.immediate() {
                 Some(store) if event.deliver_at() <= now => inner.claim_here(event.topic()).map(|sub| (store, sub)),
                 _ => None,
             };
-            let (answer, published, topic) = match here {
-                Some((store, sub)) => {
-                    // Kept for the error that no handler answers (its count is this thread's).
-                    let sent = event.clone();
-                    let stored = store.publish_claim_now(event, now, inner.own_listener, &sub.name, sub.lease);
-                    let (published, claimed) = match stored {
-                        Ok(stored) => stored,
-                        Err(e) => {
-                            sub.demand.release(1);
-                            inner.end_claim_here(&sub);
-                            return Err(PublishError::from(e).into());
-                        }
-                    };
-                    let routed = match published {
-                        Published::Stored { deliveries, .. } => {
-                            counter.increment(1);
-                            deliveries
-                        }
-                        Published::Duplicate { .. } => 0,
-                    };
-                    let Some(claimed) = claimed else {
-                        // It waits for a worker like any delivery. No worker claims for `sub`
-                        // until `end_claim_here`: the waiter is in place before any answer.
+            if let Some((store, sub)) = here {
+                let claim = store.publish_claim_now(event, now, inner.own_listener, &sub.name, sub.lease);
+                let claim = claim
+                    .inspect_err(|_| sub.demand.release(1))
+                    .map_err(PublishError::from)?;
+                let (published, claimed) = match claim {
+                    PublishClaim::Claimed(published, claimed) => (published, claimed),
+                    PublishClaim::Stored(published) => {
+                        // A duplicate: it has its own requester.
                         sub.demand.release(1);
                         let answer = inner.wait_for(id);
-                        inner.end_claim_here(&sub);
-                        if routed > 0 {
-                            inner.notify_due();
-                        }
-                        let topic = sent.topic().clone();
-                        drop(sent);
-                        return finish(inner, answer, published, topic, deadline, self.timeout).await;
-                    };
-                    drop(sent);
-                    inner.end_claim_here(&sub);
-                    if routed > 1 {
-                        // Deliveries for other subscriptions are due.
-                        inner.notify_due();
+                        return finish(inner, answer, published.id(), deadline, self.timeout).await;
                     }
-                    inner.in_flight.start(1);
-                    let claimed_topic = claimed.event.topic().clone();
-                    let job = Job {
-                        claimed,
-                        slot: Slot::new(sub),
-                    };
-                    let answer = match worker::run_here(inner, job, started).await {
-                        RanHere::Ended(Some(done)) => match &done.outcome.verdict {
-                            Verdict::Succeeded { reply } => {
-                                // Decoded before the reply goes to the store with the outcome;
-                                // nothing is awaited after (the reply type need not be `Send`).
-                                let reply = reply.as_deref().unwrap_or_default();
-                                let decoded = serde_json::from_slice(reply).map_err(RequestError::Decode);
-                                let rest = worker::record_here(inner, store, done, true);
-                                debug_assert!(rest.is_none(), "only a death has more to do");
-                                return decoded;
+                    PublishClaim::Declined(declined) => {
+                        sub.demand.release(1);
+                        event = declined;
+                        return request_through_pool(inner, event, counter, now, deadline, self.timeout).await;
+                    }
+                };
+                counter.increment(1);
+                if matches!(published, Published::Stored { deliveries, .. } if deliveries > 1) {
+                    // Deliveries for other subscriptions are due.
+                    inner.notify_due();
+                }
+                inner.in_flight.start(1);
+                let job = Job {
+                    claimed,
+                    slot: Slot::new(sub),
+                };
+                let answer = match worker::run_here(inner, job, started).await {
+                    RanHere::Ended(Some(done)) => match &done.outcome.verdict {
+                        Verdict::Succeeded { reply } => {
+                            // Decoded before the reply goes to the store with the outcome; nothing
+                            // is awaited after (the reply type need not be `Send`).
+                            let reply = reply.as_deref().unwrap_or_default();
+                            let decoded = serde_json::from_slice(reply).map_err(RequestError::Decode);
+                            let rest = worker::record_here(inner, store, done, true);
+                            debug_assert!(rest.is_none(), "only a death has more to do");
+                            return decoded;
+                        }
+                        Verdict::Dead { reason } => {
+                            let failed = RequestError::Failed(reason.clone());
+                            if let Some(death) = worker::record_here(inner, store, done, true) {
+                                death.await;
                             }
-                            Verdict::Dead { reason } => {
-                                let failed = RequestError::Failed(reason.clone());
-                                if let Some(death) = worker::record_here(inner, store, done, true) {
-                                    death.await;
-                                }
-                                return Err(failed);
-                            }
-                            _ => {
-                                // It failed and is retried: its answer comes from a later
-                                // attempt, which cannot start before the outcome is recorded.
-                                let answer = inner.wait_for(id);
-                                if let Some(death) = worker::record_here(inner, store, done, false) {
-                                    death.await;
-                                }
-                                answer
-                            }
-                        },
-                        // The lease went to another claim (the handler outlived it without
-                        // waiting): that attempt answers.
-                        RanHere::Ended(None) => inner.wait_for(id),
-                        RanHere::Waiting(rest) => {
+                            return Err(failed);
+                        }
+                        _ => {
+                            // It failed and is retried: its answer comes from a later attempt,
+                            // which cannot start before the outcome is recorded.
                             let answer = inner.wait_for(id);
-                            inner.background.spawn(rest);
+                            if let Some(death) = worker::record_here(inner, store, done, false) {
+                                death.await;
+                            }
                             answer
                         }
-                    };
-                    (answer, published, claimed_topic)
-                }
-                None => {
-                    let topic = event.topic().clone();
-                    // The waiter first: a worker may answer as soon as the event is stored.
-                    let answer = inner.wait_for(id);
-                    match inner.store_event(event, counter, now).await {
-                        Ok(published) => (answer, published, topic),
-                        Err(e) => {
-                            inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                            return Err(e.into());
-                        }
+                    },
+                    // The lease went to another claim (the handler outlived it without waiting):
+                    // that attempt answers.
+                    RanHere::Ended(None) => inner.wait_for(id),
+                    RanHere::Waiting(rest) => {
+                        let answer = inner.wait_for(id);
+                        inner.background.spawn(rest);
+                        answer
                     }
-                }
-            };
-            finish(inner, answer, published, topic, deadline, self.timeout).await
+                };
+                return finish(inner, answer, id, deadline, self.timeout).await;
+            }
+            request_through_pool(inner, event, counter, now, deadline, self.timeout).await
         })
     }
 }
 
-/// Waits for the answer to the request `published`, until `deadline`.
-async fn finish<R: DeserializeOwned>(
+/// A request that this runtime's workers (or another's) answer: the waiter, then the event.
+async fn request_through_pool<R: DeserializeOwned>(
     inner: &Inner,
-    answer: oneshot::Receiver<Answer>,
-    published: Published,
-    topic: Topic,
+    event: Event,
+    counter: metrics::Counter,
+    now: Timestamp,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<R, RequestError> {
-    let id = published.id();
+    let id = event.id();
+    let topic = event.topic().clone();
+    // The waiter first: a worker may answer as soon as the event is stored.
+    let answer = inner.wait_for(id);
+    let published = match inner.store_event(event, counter, now).await {
+        Ok(published) => published,
+        Err(e) => {
+            inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(e.into());
+        }
+    };
     if let Published::Stored { deliveries: 0, .. } = published {
         inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         return Err(RequestError::NoHandler(topic));
     }
+    finish(inner, answer, published.id(), deadline, timeout).await
+}
+
+/// Waits for the answer to the request `id`, until `deadline`.
+async fn finish<R: DeserializeOwned>(
+    inner: &Inner,
+    answer: oneshot::Receiver<Answer>,
+    id: EventId,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<R, RequestError> {
     match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(Answer::Reply(bytes))) => serde_json::from_slice(&bytes).map_err(RequestError::Decode),
         Ok(Ok(Answer::Failed(reason))) => Err(RequestError::Failed(reason)),
@@ -773,8 +762,8 @@ impl Inner {
     }
 
     /// The local subscription whose handler the requester may run itself for a request to `topic`
-    /// (the first whose pattern matches), taken for that claim: it is running, a unit of its
-    /// limit is reserved, and no one else claims for it until `end_claim_here`.
+    /// (the first whose pattern matches), if it is running, with a unit of its limit reserved for
+    /// the attempt (the caller gives it back if it does not run it).
     fn claim_here(&self, topic: &Topic) -> Option<Arc<LocalSub>> {
         if self.claims_stopped.load(Ordering::Relaxed) {
             return None;
@@ -811,25 +800,9 @@ impl Inner {
         if sub.paused.load(Ordering::Relaxed) || sub.unsubscribed.load(Ordering::Relaxed) {
             return None;
         }
-        let d = &sub.demand;
-        // Read before it is swapped, like the pool's flags.
-        if d.claiming.load(Ordering::Relaxed) || d.claiming.swap(true, Ordering::SeqCst) {
-            return None;
-        }
-        if d.reserve(1) == 0 {
-            self.end_claim_here(&sub);
+        if sub.demand.reserve(1) == 0 {
             return None;
         }
         Some(sub)
-    }
-
-    /// Ends a claim that `claim_here` took. A worker that found the subscription taken while it
-    /// had due work is woken to look again. (SeqCst with the pool's swap of `claiming` and its
-    /// clearing of `waking`: either that worker sees the claim ended or this sees it looking.)
-    fn end_claim_here(&self, sub: &LocalSub) {
-        sub.demand.claiming.store(false, Ordering::SeqCst);
-        if sub.demand.due.load(Ordering::SeqCst) {
-            self.pool.wake();
-        }
     }
 }

@@ -190,16 +190,8 @@ impl ReadyQueue {
         Some(at)
     }
 
-    /// The one delivery queued, when there is exactly one.
-    fn only(&self) -> Option<Ref> {
-        if !self.occupied.is_power_of_two() {
-            return None;
-        }
-        let level = &self.levels[self.occupied.trailing_zeros() as usize];
-        match (level.len(), level.front()) {
-            (1, Some(&(_, at))) => Some(at),
-            _ => None,
-        }
+    fn is_empty(&self) -> bool {
+        self.occupied == 0
     }
 
     fn drain(&mut self) -> impl Iterator<Item = Ref> + '_ {
@@ -1043,16 +1035,23 @@ impl State {
         Take::Claimed(claimed)
     }
 
-    /// Whether `sub` has nothing due but `at`, just published: no other ready delivery, none
-    /// scheduled whose time has come, no lease run out. A claim of `at` alone then takes what a
-    /// claim of the subscription would take first.
-    fn only_due(&self, sub: u32, at: Ref, now: Timestamp) -> bool {
+    /// Whether `sub` has nothing due: no ready delivery, none scheduled whose time has come, no
+    /// lease run out. A delivery published now is then the first that a claim would take.
+    fn nothing_due(&self, sub: u32, now: Timestamp) -> bool {
         let Some(s) = self.subs.get(sub as usize) else {
             return false;
         };
-        s.ready.only() == Some(at)
+        s.ready.is_empty()
             && s.scheduled.peek().is_none_or(|Reverse((due, _))| *due > now)
             && s.leases.peek().is_none_or(|(until, _, _)| *until > now)
+    }
+
+    /// Whether events on `topic` get a delivery for `sub`.
+    fn routes_to(&mut self, topic: &Topic, sub: u32) -> bool {
+        let (topic, routes) = self.take_route(topic);
+        let routed = routes.contains(&sub);
+        self.last_route = Some((topic, routes));
+        routed
     }
 
     fn alloc(&mut self, rec: Rec) -> (u32, u32) {
@@ -1099,43 +1098,47 @@ impl ImmediateStore for MemoryStore {
         handled_by: Option<ListenerKey>,
         claim_for: &SubscriptionName,
         lease: Duration,
-    ) -> Result<(Published, Option<Claimed>), StoreError> {
+    ) -> Result<PublishClaim, StoreError> {
         let first_id = DeliveryId::new_at(now);
         let mut guard = self.lock();
         let st = &mut *guard;
+        let sub = match st.sub_ids.get(claim_for).copied() {
+            Some(sub) if !event.is_expired_at(now) && st.nothing_due(sub, now) && st.routes_to(event.topic(), sub) => {
+                sub
+            }
+            _ => return Ok(PublishClaim::Declined(event)),
+        };
         let mut wake = Announce::default();
         let (out, stored) = st.insert(event, Some(first_id), now, &mut wake);
+        let Some((slot, gen)) = stored else {
+            return Ok(PublishClaim::Stored(out));
+        };
+        let idx = st.slots[slot as usize]
+            .rec
+            .as_ref()
+            .and_then(|rec| rec.deliveries.iter().position(|d| d.sub == sub))
+            .and_then(|i| u16::try_from(i).ok());
         let mut claimed = None;
-        if let (Some((slot, gen)), Some(&sub)) = (stored, st.sub_ids.get(claim_for)) {
-            let idx = st.slots[slot as usize]
-                .rec
-                .as_ref()
-                .and_then(|rec| rec.deliveries.iter().position(|d| d.sub == sub))
-                .and_then(|i| u16::try_from(i).ok());
-            let at = idx.map(|idx| Ref { slot, gen, idx });
-            if let Some(at) = at.filter(|&at| st.only_due(sub, at, now)) {
-                if let Some(s) = st.subs.get_mut(sub as usize) {
-                    s.ready.pop();
+        if let Some(at) = idx.map(|idx| Ref { slot, gen, idx }) {
+            // `sub` had nothing due: what it has ready now is this delivery alone.
+            if st.subs.get_mut(sub as usize).and_then(|s| s.ready.pop()) == Some(at) {
+                if let Take::Claimed(c) = st.take(sub, at, claim_for, now, now + lease) {
+                    claimed = Some(c);
                 }
-                match st.take(sub, at, claim_for, now, now + lease) {
-                    Take::Claimed(c) => claimed = Some(c),
-                    Take::Expired => {
-                        metrics::counter!("herald_deliveries_expired_total").increment(1);
-                        st.close_one(at, now);
-                    }
-                    Take::Gone => {}
-                }
-                if matches!(out, Published::Stored { deliveries: 1, .. }) {
-                    // Its one delivery is taken: nothing is due for anyone else to claim.
-                    wake.now = None;
-                }
+            }
+            if matches!(out, Published::Stored { deliveries: 1, .. }) {
+                // Its one delivery is taken: nothing is due for anyone else to claim.
+                wake.now = None;
             }
         }
         let evicted = self.settle(st, now);
         drop(guard);
         drop(evicted);
         self.announce(wake, now, handled_by);
-        Ok((out, claimed))
+        Ok(match claimed {
+            Some(c) => PublishClaim::Claimed(out, c),
+            None => PublishClaim::Stored(out),
+        })
     }
 
     fn claim_now(

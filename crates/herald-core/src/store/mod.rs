@@ -111,16 +111,17 @@ pub trait ImmediateStore: Send + Sync {
         handled_by: Option<ListenerKey>,
     ) -> Result<Published, StoreError>;
 
-    /// [`publish_one_now`](Self::publish_one_now), then, in the same step, a claim of the new
-    /// event's delivery for `claim_for` under a lease of `lease`, when that delivery is all the
-    /// subscription has due (nothing of any priority waits before it): the caller runs it at once
-    /// (the runtime does so for a request whose handler is in its process). `None` when it is not
-    /// claimed; it is then pending like any other.
+    /// [`publish_one_now`](Self::publish_one_now) of an event that the caller would run at once
+    /// for the subscription `claim_for`, if it may: the event's delivery for `claim_for` is claimed
+    /// in the same step, under a lease of `lease`, when nothing of that subscription is due before
+    /// it (the runtime does this for a request whose handler is in its process, which the
+    /// requester then runs itself). When something is due, nothing is stored and the event comes
+    /// back ([`PublishClaim::Declined`]), to be published like any other.
     ///
-    /// The default publishes and claims nothing.
+    /// The default declines every event.
     ///
     /// ```
-    /// use herald_core::{Event, EventParts, MemoryStore, Pattern, Store, SubscriptionName, SubscriptionSpec, Topic};
+    /// use herald_core::{Event, EventParts, MemoryStore, Pattern, PublishClaim, Store, SubscriptionName, SubscriptionSpec, Topic};
     /// use std::time::Duration;
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -129,8 +130,10 @@ pub trait ImmediateStore: Send + Sync {
     /// store.declare(&SubscriptionSpec { name: name.clone(), pattern: Pattern::new("invoice.*")? }).await?;
     /// let direct = store.immediate().ok_or("the memory store never waits")?;
     /// let event = Event::from_parts(EventParts::new(Topic::new("invoice.render")?, "7"));
-    /// let (_, claimed) = direct.publish_claim_now(event, store.clock().now(), None, &name, Duration::from_secs(30))?;
-    /// assert_eq!(claimed.map(|c| c.attempt), Some(1));
+    /// match direct.publish_claim_now(event, store.clock().now(), None, &name, Duration::from_secs(30))? {
+    ///     PublishClaim::Claimed(_, claimed) => assert_eq!(claimed.attempt, 1),
+    ///     other => panic!("nothing was due before it: {other:?}"),
+    /// }
     /// # Ok(()) }
     /// ```
     fn publish_claim_now(
@@ -140,9 +143,9 @@ pub trait ImmediateStore: Send + Sync {
         handled_by: Option<ListenerKey>,
         claim_for: &SubscriptionName,
         lease: Duration,
-    ) -> Result<(Published, Option<Claimed>), StoreError> {
-        let _ = (claim_for, lease);
-        Ok((self.publish_one_now(event, now, handled_by)?, None))
+    ) -> Result<PublishClaim, StoreError> {
+        let _ = (now, handled_by, claim_for, lease);
+        Ok(PublishClaim::Declined(event))
     }
 
     /// [`Store::claim`], appending the claimed deliveries to `into` (a buffer the caller reuses:
@@ -164,6 +167,19 @@ pub trait ImmediateStore: Send + Sync {
     /// [`Store::complete`]: [`complete_one_now`](Self::complete_one_now) for each outcome, with
     /// its `answered_here`, in one step.
     fn complete_now(&self, outcomes: Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError>;
+}
+
+/// What [`ImmediateStore::publish_claim_now`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublishClaim {
+    /// Stored, and its delivery for the subscription claimed for the caller to run.
+    Claimed(Published, Claimed),
+    /// Stored, nothing claimed (a duplicate, say).
+    Stored(Published),
+    /// Not stored: something of the subscription is due before it (or it cannot be claimed for
+    /// it). Publish it like any other.
+    Declined(Event),
 }
 
 /// Where events, deliveries and history live. See the [module docs](self).
