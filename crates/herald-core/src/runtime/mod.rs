@@ -194,7 +194,9 @@ impl HeraldBuilder {
     }
 
     /// How many handlers may run at once across all subscriptions (default: 64). Each
-    /// subscription's own `concurrency` limit applies inside this one.
+    /// subscription's own `concurrency` limit applies inside this one. (A request may also be run
+    /// by the task that sent it, see [`Herald::request`]: that attempt counts against its
+    /// subscription's limit only.)
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self

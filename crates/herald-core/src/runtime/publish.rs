@@ -19,7 +19,7 @@ use super::worker::{self, RanHere};
 use super::{Answer, Herald, Inner};
 use crate::error::{PublishError, RequestError};
 use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority, ReplyTo};
-use crate::store::{CancelAs, PublishClaim, Published, Verdict};
+use crate::store::{CancelAs, ImmediateStore, PublishClaim, Published, Verdict};
 use crate::time::Timestamp;
 use crate::topic::Topic;
 
@@ -339,11 +339,33 @@ impl Inner {
         }
         let now = self.clock.now();
         let (event, counter) = message.into_event(self, now)?;
-        self.store_event(event, counter, now).await
+        match self.store.immediate() {
+            // No future at all: the store answers at once.
+            Some(store) => self.store_now(store, event, counter, now),
+            None => self.store_later(event, counter, now).await,
+        }
     }
 
-    /// Stores an event made at `now` and hands a delivery that is due to the pool.
-    async fn store_event(
+    /// Stores an event made at `now` in an immediate store.
+    fn store_now(
+        &self,
+        store: &dyn ImmediateStore,
+        event: Event,
+        counter: metrics::Counter,
+        now: Timestamp,
+    ) -> Result<Published, PublishError> {
+        let due_now = event.deliver_at() <= now;
+        let span = tracing::debug_span!("herald.publish", count = 1);
+        let in_span = span.enter();
+        // A delivery due now goes to this runtime's pool (`stored`): the timer need not hear of it.
+        let published = store.publish_one_now(event, now, self.own_listener)?;
+        drop(in_span);
+        self.stored(published, counter, due_now);
+        Ok(published)
+    }
+
+    /// Stores an event made at `now` through the store's future.
+    async fn store_later(
         &self,
         event: Event,
         counter: metrics::Counter,
@@ -351,17 +373,17 @@ impl Inner {
     ) -> Result<Published, PublishError> {
         let due_now = event.deliver_at() <= now;
         let span = tracing::debug_span!("herald.publish", count = 1);
-        let published = if let Some(store) = self.store.immediate() {
-            // No future to box: the store answers at once.
-            let _in_span = span.enter();
-            // A delivery due now goes to this runtime's pool below (`notify_due`): the timer need
-            // not hear of it.
-            store.publish_one_now(event, now, self.own_listener)?
-        } else if span.is_disabled() {
+        let published = if span.is_disabled() {
             self.store.publish_one(event).await?
         } else {
             self.store.publish_one(event).instrument(span).await?
         };
+        self.stored(published, counter, due_now);
+        Ok(published)
+    }
+
+    /// Counts a stored event and hands a delivery that is due to the pool.
+    fn stored(&self, published: Published, counter: metrics::Counter, due_now: bool) {
         if let Published::Stored { deliveries, .. } = published {
             counter.increment(1);
             if due_now && deliveries > 0 {
@@ -369,7 +391,6 @@ impl Inner {
                 self.notify_due();
             }
         }
-        Ok(published)
     }
 }
 
@@ -543,6 +564,13 @@ impl Herald {
     /// Publishes a request and awaits the handler's reply, decoded as `R`, within a timeout
     /// (default 30 s). A request that times out expires: no handler will start on it later.
     ///
+    /// When the handler is in this runtime, its subscription has room in its `concurrency` limit
+    /// and nothing of it is due before the request, the requesting task runs the attempt itself,
+    /// as a worker would (same timeout, panic isolation, history and metrics): a handler that
+    /// answers without waiting is answered at once, with no worker woken. Such attempts count
+    /// against the subscription's limit, not against the runtime's `workers`. A handler that
+    /// waits goes on in a task of its own if the requester stops waiting.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
     /// use herald_core::{Herald, HandlerError, Context};
@@ -697,7 +725,11 @@ async fn request_through_pool<R: DeserializeOwned>(
     let topic = event.topic().clone();
     // The waiter first: a worker may answer as soon as the event is stored.
     let answer = inner.wait_for(id);
-    let published = match inner.store_event(event, counter, now).await {
+    let stored = match inner.store.immediate() {
+        Some(store) => inner.store_now(store, event, counter, now),
+        None => inner.store_later(event, counter, now).await,
+    };
+    let published = match stored {
         Ok(published) => published,
         Err(e) => {
             inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);

@@ -160,6 +160,7 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
 
 /// The start of an attempt: its lateness, its context, and the handler called (its future, or
 /// how it ended if calling it panicked). Returns the attempt's deadline too.
+#[inline(always)]
 fn begin(
     sub: &LocalSub,
     claimed: &Claimed,
@@ -186,6 +187,7 @@ fn begin(
 
 /// The end of an attempt: frees its slot, records its metrics and judges it. `None` when the lease
 /// went to another claim, which owns the outcome.
+#[inline(always)]
 fn conclude(inner: &Inner, slot: &Slot, claimed: Claimed, ended: Ended, started: Instant) -> Option<Finished> {
     slot.free();
     let sub = &*slot.sub;

@@ -542,6 +542,7 @@ impl State {
 
     /// The subscriptions `topic` routes to, taken out of `last_route` for the caller to put back
     /// (see `insert`): a clone would write the count that every publishing thread writes.
+    #[inline]
     fn take_route(&mut self, topic: &Topic) -> (Topic, Arc<[u32]>) {
         match self.last_route.take() {
             Some((last, r)) if last == *topic => (last, r),
@@ -986,6 +987,7 @@ impl State {
     }
 
     /// Leases the delivery `at`, just taken off `sub`'s ready queue, until `lease_until`.
+    #[inline(always)]
     fn take(
         &mut self,
         sub: u32,
