@@ -515,6 +515,7 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
     // `.await` in this future moves it); a delivery counts as in flight until its death is
     // announced.
     let mut deaths = Vec::new();
+    let mut finished = 0;
     for (i, done) in batch.drain(..).enumerate() {
         match results.get(i) {
             Some(Completion::Applied) => {
@@ -526,8 +527,9 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
             Some(_) => tracing::debug!("herald: outcome refused: the lease was lost to another claim"),
             None => {}
         }
-        inner.in_flight.finish();
+        finished += 1;
     }
+    inner.in_flight.finish_many(finished);
     for death in deaths {
         death.await;
         inner.in_flight.finish();

@@ -61,7 +61,12 @@ impl InFlight {
     }
 
     pub(crate) fn finish(&self) {
-        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.watched.load(Ordering::SeqCst) {
+        self.finish_many(1);
+    }
+
+    /// `n` deliveries finished (one write for all: the count is on a line every worker writes).
+    pub(crate) fn finish_many(&self, n: usize) {
+        if n > 0 && self.count.fetch_sub(n, Ordering::SeqCst) == n && self.watched.load(Ordering::SeqCst) {
             self.idle.notify_waiters();
         }
     }

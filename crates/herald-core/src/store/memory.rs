@@ -256,6 +256,8 @@ struct Rec {
     event: Event,
     deliveries: Fanout,
     open: u32,
+    /// Whether the event has an idempotency key (read without the event, see `State::remove`).
+    keyed: bool,
     finished_at: Option<Timestamp>,
 }
 
@@ -388,6 +390,10 @@ struct Detail {
 struct IdIndex {
     order: VecDeque<(EventId, u32)>,
     dead: usize,
+    /// Where the last removal was: retention removes events in about the order they were
+    /// published, so the next is close by (the front stays put behind an event that finishes
+    /// late, a delayed one say, and the removed pile up after it as tombstones).
+    hint: usize,
 }
 
 /// The tombstone of a removed id in `IdIndex::order`.
@@ -410,8 +416,31 @@ impl IdIndex {
         match self.near_back(id) {
             Some(Ok(i)) => Some(i),
             Some(Err(_)) => None,
-            None => self.order.binary_search_by(|(x, _)| x.cmp(id)).ok(),
+            None => self
+                .near_hint(id)
+                .unwrap_or_else(|| self.order.binary_search_by(|(x, _)| x.cmp(id)).ok()),
         }
+    }
+
+    /// Where `id` is (`Some(None)`: it is not there), if it falls among the entries around the
+    /// last removal: a binary search of a hundred thousand ids misses the caches at every step.
+    fn near_hint(&self, id: &EventId) -> Option<Option<usize>> {
+        let lo = self.hint.saturating_sub(16);
+        let hi = self.hint.saturating_add(48).min(self.order.len());
+        let (first, last) = (&self.order.get(lo)?.0, &self.order.get(hi.checked_sub(1)?)?.0);
+        if id < first || id > last {
+            return None;
+        }
+        let window = self.order.range(lo..hi);
+        for (i, (x, _)) in window.enumerate() {
+            if x == id {
+                return Some(Some(lo + i));
+            }
+            if x > id {
+                return Some(None);
+            }
+        }
+        Some(None)
     }
 
     /// Where `id` is, or would go (`Err`), if that is among the last few entries: ids made by
@@ -466,13 +495,16 @@ impl IdIndex {
         }
         self.order[i].1 = GONE;
         self.dead += 1;
+        self.hint = i;
         while self.order.front().is_some_and(|&(_, s)| s == GONE) {
             self.order.pop_front();
             self.dead -= 1;
+            self.hint = self.hint.saturating_sub(1);
         }
         if self.dead > 1024 && self.dead > self.order.len() / 2 {
             self.order.retain(|&(_, s)| s != GONE);
             self.dead = 0;
+            self.hint = 0;
         }
     }
 
@@ -497,7 +529,10 @@ struct State {
     /// Records evicted under the lock, dropped after it.
     evicted: Vec<Rec>,
     keys: HashMap<String, EventId>,
-    finished: VecDeque<(Timestamp, Ref)>,
+    /// Finished events, oldest first: when, where, and the event's id (an eviction then reads
+    /// the event's slot, not the event: the oldest records are long out of the caches, and each
+    /// line read in the lock holds everyone else up).
+    finished: VecDeque<(Timestamp, Ref, EventId)>,
     counts: StatusCounts,
     unrouted: u64,
     next_token: u64,
@@ -626,7 +661,7 @@ impl State {
         rec.open = rec.open.saturating_sub(1);
         if rec.open == 0 {
             rec.finished_at = Some(now);
-            self.finished.push_back((now, at));
+            self.finished.push_back((now, at, rec.event.id()));
         }
     }
 
@@ -751,7 +786,8 @@ impl State {
         scheduled.chain(leases).min()
     }
 
-    fn remove(&mut self, at: Ref) {
+    /// Removes the event `id` at `at`.
+    fn remove(&mut self, at: Ref, id: EventId) {
         let Some(slot) = self.slots.get_mut(at.slot as usize) else {
             return;
         };
@@ -761,10 +797,12 @@ impl State {
         let Some(rec) = slot.rec.take() else { return };
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(at.slot);
-        self.by_id.remove(&rec.event.id());
-        if let Some(key) = rec.event.key() {
-            if self.keys.get(key) == Some(&rec.event.id()) {
-                self.keys.remove(key);
+        self.by_id.remove(&id);
+        if rec.keyed {
+            if let Some(key) = rec.event.key() {
+                if self.keys.get(key) == Some(&id) {
+                    self.keys.remove(key);
+                }
             }
         }
         if rec.deliveries.is_empty() {
@@ -779,14 +817,14 @@ impl State {
     /// Removes the oldest finished event if it finished before `before` (or unconditionally when
     /// `before` is `None`). Returns whether an entry was taken off the queue.
     fn pop_finished(&mut self, before: Option<Timestamp>) -> Option<bool> {
-        let &(at_time, at) = self.finished.front()?;
+        let &(at_time, at, id) = self.finished.front()?;
         if before.is_some_and(|b| at_time >= b) {
             return None;
         }
         self.finished.pop_front();
         let current = self.rec(at).is_some_and(|r| r.finished_at == Some(at_time));
         if current {
-            self.remove(at);
+            self.remove(at, id);
         }
         Some(current)
     }
@@ -953,6 +991,7 @@ impl State {
             event,
             deliveries,
             open: n,
+            keyed: key.is_some(),
             finished_at: None,
         });
         self.by_id.insert(id, slot);
@@ -977,7 +1016,7 @@ impl State {
             if let Some(r) = self.slots[slot as usize].rec.as_mut() {
                 r.finished_at = Some(now);
             }
-            self.finished.push_back((now, Ref { slot, gen, idx: 0 }));
+            self.finished.push_back((now, Ref { slot, gen, idx: 0 }, id));
         } else {
             let earliest = if immediate { &mut wake.now } else { &mut wake.ahead };
             *earliest = Some(earliest.map_or(due, |e| e.min(due)));
@@ -1542,5 +1581,50 @@ impl Store for MemoryStore {
 
     fn backlog(&self) -> Option<u64> {
         Some(self.backlog.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index finds every id however events are removed: in about publish order (the hint's
+    /// case), far from the last removal, behind a live front, and after compaction.
+    #[test]
+    fn the_id_index_finds_every_id_whatever_the_order_of_removal() {
+        let ids: Vec<EventId> = (0..5_000)
+            .map(|i| EventId::new_at(Timestamp::from_millis(i / 7)))
+            .collect();
+        let mut index = IdIndex::default();
+        // A little out of order, as concurrent publishers deliver them.
+        for i in (0..ids.len()).step_by(2) {
+            for j in [i + 1, i] {
+                index.insert(ids[j], j as u32);
+            }
+        }
+        assert_eq!(index.len(), ids.len());
+        for (slot, id) in ids.iter().enumerate() {
+            assert_eq!(index.get(id), Some(slot as u32));
+        }
+        // The first stays (a delayed event, say); the rest go in a shuffled publish order.
+        let mut order: Vec<usize> = (1..ids.len()).collect();
+        for chunk in order.chunks_mut(5) {
+            chunk.reverse();
+        }
+        // And some far from the others.
+        order.swap(10, 4_000);
+        for (n, &i) in order.iter().enumerate() {
+            assert_eq!(index.get(&ids[i]), Some(i as u32), "before removal {n}");
+            index.remove(&ids[i]);
+            assert_eq!(index.get(&ids[i]), None);
+            if n % 997 == 0 {
+                let live = std::iter::once(0).chain(order[n + 1..].iter().copied());
+                for j in live {
+                    assert_eq!(index.get(&ids[j]), Some(j as u32), "after removal {n}");
+                }
+            }
+        }
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.get(&ids[0]), Some(0));
     }
 }
