@@ -4,7 +4,8 @@
 //! requester tasks), on the runtime a user gets from `Herald::builder()` with a `MemoryStore`
 //! (history, metrics, leases, system events all on; `workers(32)`).
 //!
-//! `PROFILE_EVENTS` sets N (default 20000); `PROFILE_CASE=rr` runs request/reply instead;
+//! `PROFILE_EVENTS` sets N (default 20000); `PROFILE_CASE=rr` runs request/reply instead
+//! (`rr_base` its baseline, mpsc + oneshot), `PROFILE_CASE=batch` publishes in batches of 64;
 //! `PROFILE_THREADS` sets the tokio worker threads (default 1: a current-thread runtime, the most
 //! repeatable under callgrind). Run it twice with different N and divide the difference in
 //! instructions by the difference in N for the cost per event, free of start-up.
@@ -43,7 +44,10 @@ fn main() {
     .unwrap();
     rt.block_on(async {
         let herald = Herald::builder()
-            .store(MemoryStore::new())
+            .store(match std::env::var("PROFILE_RETAIN").ok().and_then(|v| v.parse().ok()) {
+                Some(n) => MemoryStore::builder().retain_max(n).build(),
+                None => MemoryStore::new(),
+            })
             .workers(WORKERS)
             .max_pending(1_000_000)
             .build()
@@ -87,8 +91,19 @@ async fn throughput(herald: &Herald, n: u64) {
         .map(|p| {
             let herald = herald.clone();
             tokio::spawn(async move {
-                for i in (p..n).step_by(PUBLISHERS as usize) {
-                    herald.publish("bench.tick", &i).await.unwrap();
+                let mine = (p..n).step_by(PUBLISHERS as usize);
+                if std::env::var("PROFILE_CASE").as_deref() == Ok("batch") {
+                    let mine: Vec<u64> = mine.collect();
+                    for chunk in mine.chunks(64) {
+                        herald
+                            .publish_batch(chunk.iter().map(|i| herald_core::Message::json("bench.tick", i)))
+                            .await
+                            .unwrap();
+                    }
+                } else {
+                    for i in mine {
+                        herald.publish("bench.tick", &i).await.unwrap();
+                    }
                 }
             })
         })
