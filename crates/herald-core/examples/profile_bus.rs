@@ -44,10 +44,12 @@ fn main() {
     .unwrap();
     rt.block_on(async {
         let herald = Herald::builder()
-            .store(match std::env::var("PROFILE_RETAIN").ok().and_then(|v| v.parse().ok()) {
-                Some(n) => MemoryStore::builder().retain_max(n).build(),
-                None => MemoryStore::new(),
-            })
+            .store(
+                match std::env::var("PROFILE_RETAIN").ok().and_then(|v| v.parse().ok()) {
+                    Some(n) => MemoryStore::builder().retain_max(n).build(),
+                    None => MemoryStore::new(),
+                },
+            )
             .workers(WORKERS)
             .max_pending(1_000_000)
             .build()

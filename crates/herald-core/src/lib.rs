@@ -26,8 +26,8 @@ pub use event::{DeliveryId, Event, EventId, EventParts, Headers, Priority, Prior
 pub use handler::{Context, HandlerError};
 pub use retry::Backoff;
 pub use runtime::{
-    DeadLetter, EventsQuery, Herald, HeraldBuilder, Lifecycle, Message, Publish, Request, ShutdownReport, Subscription,
-    SubscriptionBuilder, DEAD_LETTER_TOPIC, SHUTDOWN_TOPIC, STARTUP_TOPIC,
+    DeadLetter, EventsQuery, Herald, HeraldBuilder, Lifecycle, Message, Publish, PublishFuture, Request,
+    ShutdownReport, Subscription, SubscriptionBuilder, DEAD_LETTER_TOPIC, SHUTDOWN_TOPIC, STARTUP_TOPIC,
 };
 pub use store::*;
 pub use time::{Clock, Timestamp};

@@ -14,7 +14,7 @@ mod worker;
 
 #[cfg(feature = "cron")]
 pub(crate) use publish::Room;
-pub use publish::{Message, Publish, Request};
+pub use publish::{Message, Publish, PublishFuture, Request};
 pub use query::EventsQuery;
 pub use subscribe::{Subscription, SubscriptionBuilder};
 

@@ -337,13 +337,22 @@ impl Inner {
             // Rare: boxed, so that its future does not make every publish's larger.
             Box::pin(self.reserve(room)).await?;
         }
-        let now = self.clock.now();
-        let (event, counter) = message.into_event(self, now)?;
         match self.store.immediate() {
             // No future at all: the store answers at once.
-            Some(store) => self.store_now(store, event, counter, now),
-            None => self.store_later(event, counter, now).await,
+            Some(store) => self.publish_now(store, message),
+            None => {
+                let now = self.clock.now();
+                let (event, counter) = message.into_event(self, now)?;
+                self.store_later(event, counter, now).await
+            }
         }
+    }
+
+    /// `publish_one` through an immediate store, once there is room.
+    fn publish_now(&self, store: &dyn ImmediateStore, message: Message) -> Result<Published, PublishError> {
+        let now = self.clock.now();
+        let (event, counter) = message.into_event(self, now)?;
+        self.store_now(store, event, counter, now)
     }
 
     /// Stores an event made at `now` in an immediate store.
@@ -457,15 +466,70 @@ impl Publish<'_> {
 
 impl<'a> IntoFuture for Publish<'a> {
     type Output = Result<EventId, PublishError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+    type IntoFuture = PublishFuture<'a>;
 
     fn into_future(self) -> Self::IntoFuture {
-        // The publish's own future, mapped, rather than an async block around it: the block would
-        // hold the message a second time, and the whole future is moved into the box.
-        let publish = self.herald.inner.publish_one(self.message, self.room);
-        Box::pin(futures_util::FutureExt::map(publish, |published| {
-            published.map(|p| p.id())
-        }))
+        PublishFuture {
+            state: PublishState::Start(self),
+        }
+    }
+}
+
+/// The future of a [`Publish`]: resolves to the event's id once it is stored.
+///
+/// With a store that answers at once (the [`MemoryStore`](crate::MemoryStore)) and room for the
+/// event, the publish is done in the future's first poll, with nothing allocated for the future
+/// itself; otherwise it goes through the store's future.
+#[must_use = "futures do nothing unless polled"]
+pub struct PublishFuture<'a> {
+    state: PublishState<'a>,
+}
+
+enum PublishState<'a> {
+    Start(Publish<'a>),
+    Waiting(Pin<Box<dyn Future<Output = Result<EventId, PublishError>> + Send + 'a>>),
+    Done,
+}
+
+impl std::fmt::Debug for PublishFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for PublishFuture<'_> {
+    type Output = Result<EventId, PublishError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            match std::mem::replace(&mut this.state, PublishState::Done) {
+                PublishState::Start(publish) => {
+                    let Publish { herald, message, room } = publish;
+                    let inner = &herald.inner;
+                    if let Some(store) = inner.store.immediate() {
+                        match inner.has_room(room) {
+                            Err(e) => return Poll::Ready(Err(e)),
+                            Ok(true) => return Poll::Ready(inner.publish_now(store, message).map(|p| p.id())),
+                            Ok(false) => {}
+                        }
+                    }
+                    let publish = inner.publish_one(message, room);
+                    this.state = PublishState::Waiting(Box::pin(futures_util::FutureExt::map(publish, |published| {
+                        published.map(|p| p.id())
+                    })));
+                }
+                PublishState::Waiting(mut publish) => {
+                    let polled = publish.as_mut().poll(cx);
+                    if polled.is_pending() {
+                        this.state = PublishState::Waiting(publish);
+                    }
+                    return polled;
+                }
+                PublishState::Done => panic!("a PublishFuture polled after it completed"),
+            }
+        }
     }
 }
 
