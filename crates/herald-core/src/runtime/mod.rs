@@ -300,7 +300,7 @@ impl HeraldBuilder {
             stopped: CancellationToken::new(),
             has_stopped: AtomicBool::new(false),
             in_flight: worker::InFlight::default(),
-            pool: pool::Pool::default(),
+            pool: pool::Pool::new(tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers())),
             background: TaskTracker::new(),
             shutdown: OnceCell::new(),
             metrics: Metrics::new(),

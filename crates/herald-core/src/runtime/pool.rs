@@ -146,6 +146,8 @@ pub(crate) struct Pool {
     /// Where the next search for a subscription to claim for starts (round robin).
     cursor: AtomicUsize,
     outcomes: Combining,
+    /// How many threads the runtime that runs the workers has (see `next`).
+    threads: usize,
 }
 
 /// The outcomes waiting for the worker that records (see `record`).
@@ -159,6 +161,14 @@ struct Combining {
 }
 
 impl Pool {
+    /// The pool of a runtime with this many threads.
+    pub(crate) fn new(threads: usize) -> Self {
+        Pool {
+            threads,
+            ..Pool::default()
+        }
+    }
+
     /// Wakes every idle worker to see that the runtime has stopped (`Inner::stopped` is
     /// cancelled before this is called).
     pub(crate) fn stop(&self) {
@@ -170,6 +180,14 @@ impl Pool {
     /// Wakes coalesce: until a worker looks for work (`next` clears `waking` before it reads the
     /// due marks), one wake stands for all, since that worker claims for the idle workers too and
     /// wakes them. A burst of publishes thus wakes one worker, not one per publish.
+    /// A worker whose handler is about to wait wakes another for the deliveries left in the
+    /// queue (fewer workers than queued deliveries may have been woken for them, see `next`).
+    pub(crate) fn hand_over(&self) {
+        if !self.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            self.idle.notify_one();
+        }
+    }
+
     pub(crate) fn wake(&self) {
         // Read before it is swapped: a wake already sent is the common case in a burst, and a
         // read leaves the line shared with the workers.
@@ -324,12 +342,22 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>, subs: &mut SubsCop
             queued += 1;
         }
     }
+    let sub_quick = sub.demand.quick.load(Ordering::Relaxed);
     // The first job takes the subscription this claim was made for: one count fewer to move.
     let first = Job {
         claimed: first,
         slot: Slot::new(sub),
     };
-    for _ in 0..queued {
+    // Each queued delivery of a slow handler gets a worker of its own. Quick ones go to as many
+    // workers as the runtime has threads: a woken worker costs more than a quick delivery, and
+    // the workers that run them take the next from the queue themselves (a worker whose handler
+    // turns out to wait wakes another for what is left, see `Pool::hand_over`).
+    let wake = if sub_quick {
+        queued.min(inner.pool.threads.max(1))
+    } else {
+        queued
+    };
+    for _ in 0..wake {
         inner.pool.idle.notify_one();
     }
     if queued == 0 && inner.pool.idle_count.load(Ordering::Acquire) > 0 && any_due(inner, subs) {

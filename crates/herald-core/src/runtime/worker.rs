@@ -151,6 +151,7 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
             match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await {
                 Poll::Ready(r) => returned(r),
                 Poll::Pending => {
+                    inner.pool.hand_over();
                     // The handler waits: what was kept back is recorded first, not after it.
                     if !deferred.is_empty() {
                         Box::pin(super::pool::record_all(inner, deferred)).await;
