@@ -69,12 +69,6 @@ macro_rules! uuid_id {
                 $name(new_v7())
             }
 
-            /// A new time-ordered id for the time `now` (read from a herald [`Clock`](crate::Clock)
-            /// just before), without reading the wall clock again.
-            pub(crate) fn new_at(now: Timestamp) -> Self {
-                $name(v7_at(u64::try_from(now.as_millis()).unwrap_or(0)))
-            }
-
             /// The id from its UUID.
             pub const fn from_uuid(id: Uuid) -> Self {
                 $name(id)
@@ -129,6 +123,25 @@ uuid_id! {
 uuid_id! {
     /// A delivery's id: one event handed to one subscription.
     DeliveryId
+}
+
+impl EventId {
+    /// A new time-ordered id for the time `now` (read from a herald [`Clock`](crate::Clock) just
+    /// before), without reading the wall clock again.
+    pub(crate) fn new_at(now: Timestamp) -> Self {
+        EventId(v7_at(u64::try_from(now.as_millis()).unwrap_or(0)))
+    }
+}
+
+impl DeliveryId {
+    /// An id for a delivery of the event `event`: the event's time and sequence with random bits
+    /// of its own (unique as any UUIDv7 is, and made without the process-wide sequence, a line
+    /// that every publishing thread writes).
+    pub(crate) fn for_event(event: EventId) -> Self {
+        let (high, _) = event.0.as_u64_pair();
+        let low = (fastrand::u64(..) >> 2) | 0x8000_0000_0000_0000;
+        DeliveryId(Uuid::from_u64_pair(high, low))
+    }
 }
 
 /// How urgent an event is: among due deliveries of a subscription, higher priorities run first.

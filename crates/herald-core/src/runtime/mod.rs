@@ -382,12 +382,28 @@ pub(crate) struct Inner {
 impl Inner {
     /// Marks every local subscription as having due work and wakes an idle worker to claim.
     pub(crate) fn notify_due(&self) {
-        for sub in self.subs.list.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            // A mark already set stays set until a worker clears it before its claim, and that
-            // claim comes after this publish (see `pool::next`): it is not written again, which
-            // would take its line from the workers that read it.
-            if !sub.demand.due.load(Ordering::SeqCst) {
-                sub.demand.due.store(true, Ordering::SeqCst);
+        // Through this thread's copy of the marks, checked against the list's version: the list's
+        // lock, even to read, writes a line that every publishing thread writes.
+        let marked = DUE_MARKS.with(|cached| {
+            let mut cached = cached.try_borrow_mut().ok()?;
+            let version = self.subs.version.load(Ordering::Acquire);
+            let marks = match &mut *cached {
+                Some((runtime, seen, marks)) if *runtime == self.id && *seen == version => marks,
+                stale => {
+                    // The version first, as in `Subs::copy`; a subscription added later starts
+                    // marked due.
+                    let marks = self.subs.snapshot().iter().map(|s| s.demand.due.clone()).collect();
+                    &mut stale.insert((self.id, version, marks)).2
+                }
+            };
+            for due in marks.iter() {
+                mark(due);
+            }
+            Some(())
+        });
+        if marked.is_none() {
+            for sub in self.subs.snapshot().iter() {
+                mark(&sub.demand.due);
             }
         }
         self.pool.wake();
@@ -444,6 +460,23 @@ impl Inner {
             }
         }
     }
+}
+
+/// Sets a subscription's due mark. A mark already set stays set until a worker clears it before
+/// its claim, and that claim comes after this publish (see `pool::next`): it is not written again,
+/// which would take its line from the workers that read it.
+fn mark(due: &AtomicBool) {
+    if !due.load(Ordering::SeqCst) {
+        due.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Marks due, per thread: the runtime's id, the version of its subscription list, and the due
+/// marks of its subscriptions (see `Inner::notify_due`).
+type DueMarks = Option<(u64, u64, Box<[Arc<AtomicBool>]>)>;
+
+thread_local! {
+    static DUE_MARKS: std::cell::RefCell<DueMarks> = const { std::cell::RefCell::new(None) };
 }
 
 /// Counts a waiter on `room` for as long as it lives.

@@ -85,7 +85,8 @@ pub(crate) struct Demand {
     /// Its deliveries claimed and not finished.
     pub(crate) running: AtomicUsize,
     /// Something may be due: set by wakeups, cleared by the claim that found nothing more.
-    pub(crate) due: AtomicBool,
+    /// Shared: publishers keep copies of every subscription's mark (see `Inner::notify_due`).
+    pub(crate) due: Arc<AtomicBool>,
     /// A worker is claiming for it: one claim at a time per subscription.
     pub(crate) claiming: AtomicBool,
     /// Consecutive failed claims, for the backoff.
@@ -100,7 +101,7 @@ impl Demand {
         Demand {
             limit: limit.max(1),
             running: AtomicUsize::new(0),
-            due: AtomicBool::new(true),
+            due: Arc::new(AtomicBool::new(true)),
             claiming: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             quick: AtomicBool::new(false),

@@ -973,7 +973,7 @@ impl State {
         let deliveries: Fanout = routes
             .iter()
             .map(|&sub| D {
-                id: first_id.take().unwrap_or_else(|| DeliveryId::new_at(now)),
+                id: first_id.take().unwrap_or_else(|| DeliveryId::for_event(id)),
                 sub,
                 status,
                 attempts: 0,
@@ -1120,7 +1120,7 @@ impl ImmediateStore for MemoryStore {
         handled_by: Option<ListenerKey>,
     ) -> Result<Published, StoreError> {
         // Most events have one delivery: its id is made before the lock, to hold it shorter.
-        let first_id = DeliveryId::new_at(now);
+        let first_id = DeliveryId::for_event(event.id());
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut wake = Announce::default();
@@ -1140,7 +1140,7 @@ impl ImmediateStore for MemoryStore {
         claim_for: &SubscriptionName,
         lease: Duration,
     ) -> Result<PublishClaim, StoreError> {
-        let first_id = DeliveryId::new_at(now);
+        let first_id = DeliveryId::for_event(event.id());
         let mut guard = self.lock();
         let st = &mut *guard;
         let sub = match st.sub_ids.get(claim_for).copied() {
