@@ -485,6 +485,8 @@ pub struct PublishFuture<'a> {
     state: PublishState<'a>,
 }
 
+// Large on purpose: the message is in the future, so that the common publish allocates nothing.
+#[allow(clippy::large_enum_variant)]
 enum PublishState<'a> {
     Start(Publish<'a>),
     Waiting(Pin<Box<dyn Future<Output = Result<EventId, PublishError>> + Send + 'a>>),
