@@ -590,12 +590,8 @@ async fn request_reply_returns_the_typed_answer() {
     assert!(matches!(&err, RequestError::Failed(r) if r == "never"), "{err}");
 }
 
-/// A request whose handler is in the runtime, with room in its limit and nothing due before it,
-/// runs in the requesting task: it is answered while every worker is busy, and its history is
-/// the same as a worker's attempt would leave.
-#[tokio::test(start_paused = true)]
-async fn a_request_runs_in_the_requesting_task_when_nothing_is_due_before_it() {
-    let herald = Herald::builder().system_events(false).workers(1).build().await.unwrap();
+/// Keeps a worker busy until the returned gate is opened (`notify_one`).
+async fn occupy_a_worker(herald: &Herald) -> Arc<tokio::sync::Notify> {
     let gate = Arc::new(tokio::sync::Notify::new());
     let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
     let g = gate.clone();
@@ -611,13 +607,23 @@ async fn a_request_runs_in_the_requesting_task_when_nothing_is_due_before_it() {
         })
         .await
         .unwrap();
+    herald.publish("job.block", &1u8).await.unwrap();
+    next(&mut started).await;
+    gate
+}
+
+/// A request whose handler is in the runtime, with room in its limit and nothing due before it,
+/// runs in the requesting task: it is answered while every worker is busy, and its history is
+/// the same as a worker's attempt would leave.
+#[tokio::test(start_paused = true)]
+async fn a_request_runs_in_the_requesting_task_when_nothing_is_due_before_it() {
+    let herald = Herald::builder().system_events(false).workers(1).build().await.unwrap();
     herald
         .subscribe("double", "math.double")
         .handle(|n: u64, _ctx: Context| async move { Ok::<_, HandlerError>(n * 2) })
         .await
         .unwrap();
-    herald.publish("job.block", &1u8).await.unwrap();
-    next(&mut started).await;
+    let gate = occupy_a_worker(&herald).await;
 
     let t0 = herald.clock().now();
     let doubled: u64 = herald.request("math.double", &21).await.unwrap();
@@ -638,21 +644,6 @@ async fn a_request_runs_in_the_requesting_task_when_nothing_is_due_before_it() {
 #[tokio::test(start_paused = true)]
 async fn a_request_waits_behind_the_deliveries_due_before_it() {
     let herald = Herald::builder().system_events(false).workers(1).build().await.unwrap();
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
-    let g = gate.clone();
-    herald
-        .subscribe("blocker", "job.block")
-        .handle(move |_: u8, _ctx: Context| {
-            let (g, started_tx) = (g.clone(), started_tx.clone());
-            async move {
-                let _ = started_tx.send(());
-                g.notified().await;
-                Ok::<_, HandlerError>(())
-            }
-        })
-        .await
-        .unwrap();
     let (order_tx, mut order) = mpsc::unbounded_channel::<String>();
     herald
         .subscribe("rpc", "rpc.>")
@@ -665,8 +656,7 @@ async fn a_request_waits_behind_the_deliveries_due_before_it() {
         })
         .await
         .unwrap();
-    herald.publish("job.block", &1u8).await.unwrap();
-    next(&mut started).await;
+    let gate = occupy_a_worker(&herald).await;
     for what in ["first", "second"] {
         herald.publish("rpc.job", &what).priority(Priority::HIGH).await.unwrap();
     }
