@@ -712,11 +712,11 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
                     .map_err(PublishError::from)?;
                 let (published, claimed) = match claim {
                     PublishClaim::Claimed(published, claimed) => (published, claimed),
-                    PublishClaim::Stored(published) => {
-                        // A duplicate: it has its own requester.
+                    PublishClaim::Stored(_) => {
+                        // A duplicate (of a key): nothing runs it for this request.
                         sub.demand.release(1);
                         let answer = inner.wait_for(id);
-                        return finish(inner, answer, published.id(), deadline, self.timeout).await;
+                        return finish(inner, answer, id, deadline, self.timeout).await;
                     }
                     PublishClaim::Declined(declined) => {
                         sub.demand.release(1);
@@ -806,10 +806,10 @@ async fn request_through_pool<R: DeserializeOwned>(
         inner.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         return Err(RequestError::NoHandler(topic));
     }
-    finish(inner, answer, published.id(), deadline, timeout).await
+    finish(inner, answer, id, deadline, timeout).await
 }
 
-/// Waits for the answer to the request `id`, until `deadline`.
+/// Waits for the answer to the request `id` (whose waiter `answer` is), until `deadline`.
 async fn finish<R: DeserializeOwned>(
     inner: &Inner,
     answer: oneshot::Receiver<Answer>,
