@@ -465,26 +465,36 @@ impl IdIndex {
         (slot != GONE).then_some(slot)
     }
 
-    fn contains(&self, id: &EventId) -> bool {
-        self.get(id).is_some()
+    /// Where `id` is (`Ok`, perhaps a tombstone) or would go (`Err`): one search for both the
+    /// duplicate check and the insertion of a new event (see `put`).
+    fn locate(&self, id: &EventId) -> Result<usize, usize> {
+        match self.order.back() {
+            None => Err(0),
+            Some((last, _)) if last < id => Err(self.order.len()),
+            Some(_) => match self.near_back(id) {
+                Some(found) => found,
+                None => self.order.binary_search_by(|(x, _)| x.cmp(id)),
+            },
+        }
     }
 
-    fn insert(&mut self, id: EventId, slot: u32) {
-        match self.order.back() {
-            Some(&(last, _)) if last >= id => {
-                let i = match self.near_back(&id) {
-                    Some(Ok(i) | Err(i)) => i,
-                    None => self.order.partition_point(|&(x, _)| x < id),
-                };
+    /// Whether `locate` found a live event.
+    fn is_live(&self, spot: Result<usize, usize>) -> bool {
+        spot.is_ok_and(|i| self.order.get(i).is_some_and(|&(_, s)| s != GONE))
+    }
+
+    /// Stores `id` at the spot `locate` gave for it (nothing changed the index since).
+    fn put(&mut self, spot: Result<usize, usize>, id: EventId, slot: u32) {
+        match spot {
+            Ok(i) => {
+                // The id of a removed event, published again.
                 if self.order.get(i).is_some_and(|&(x, s)| x == id && s == GONE) {
-                    // The id of a removed event, published again.
                     self.order[i].1 = slot;
                     self.dead -= 1;
-                } else {
-                    self.order.insert(i, (id, slot));
                 }
             }
-            _ => self.order.push_back((id, slot)),
+            Err(i) if i >= self.order.len() => self.order.push_back((id, slot)),
+            Err(i) => self.order.insert(i, (id, slot)),
         }
     }
 
@@ -957,7 +967,8 @@ impl State {
         }
         // A publish retried with the same event id (a client that lost the answer) stores
         // nothing new.
-        if self.by_id.contains(&event.id()) {
+        let spot = self.by_id.locate(&event.id());
+        if self.by_id.is_live(spot) {
             return (Published::Duplicate { id: event.id() }, None);
         }
         let (route_topic, routes) = self.take_route(event.topic());
@@ -994,7 +1005,7 @@ impl State {
             keyed: key.is_some(),
             finished_at: None,
         });
-        self.by_id.insert(id, slot);
+        self.by_id.put(spot, id, slot);
         if let Some(key) = key {
             self.keys.insert(key, id);
         }
@@ -1599,7 +1610,9 @@ mod tests {
         // A little out of order, as concurrent publishers deliver them.
         for i in (0..ids.len()).step_by(2) {
             for j in [i + 1, i] {
-                index.insert(ids[j], j as u32);
+                let spot = index.locate(&ids[j]);
+                assert!(!index.is_live(spot));
+                index.put(spot, ids[j], j as u32);
             }
         }
         assert_eq!(index.len(), ids.len());
