@@ -477,9 +477,23 @@ impl<'a> IntoFuture for Publish<'a> {
 
 /// The future of a [`Publish`]: resolves to the event's id once it is stored.
 ///
-/// With a store that answers at once (the [`MemoryStore`](crate::MemoryStore)) and room for the
-/// event, the publish is done in the future's first poll, with nothing allocated for the future
-/// itself; otherwise it goes through the store's future.
+/// Nothing is published before it is first polled. With a store that answers at once (the
+/// [`MemoryStore`](crate::MemoryStore)) and room for the event, the publish is done in that first
+/// poll, with nothing allocated for the future itself; otherwise it goes through the store's
+/// future.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::Herald;
+/// use std::future::IntoFuture;
+///
+/// let herald = Herald::builder().build().await?;
+/// let publishing = herald.publish("order.paid", &7).into_future();
+/// assert_eq!(herald.events().topic("order.paid").await?.items.len(), 0, "not yet");
+/// let id = publishing.await?;
+/// assert_eq!(herald.events().topic("order.paid").await?.items[0].event.id(), id);
+/// # Ok(()) }
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct PublishFuture<'a> {
     state: PublishState<'a>,
