@@ -590,6 +590,35 @@ async fn request_reply_returns_the_typed_answer() {
     assert!(matches!(&err, RequestError::Failed(r) if r == "never"), "{err}");
 }
 
+/// Subscribes `slow` to `pattern` with the concurrency limit `limit`: its handler takes `takes`
+/// and answers ten times its number. Returns how many of its attempts run now and the most that
+/// ever ran at once.
+async fn counted(
+    herald: &Herald,
+    pattern: &str,
+    limit: usize,
+    takes: Duration,
+) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    herald
+        .subscribe("slow", pattern)
+        .concurrency(limit)
+        .handle(move |n: u64, _ctx: Context| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(takes).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(n * 10)
+            }
+        })
+        .await
+        .unwrap();
+    (running, peak)
+}
+
 /// Keeps a worker busy until the returned gate is opened (`notify_one`).
 async fn occupy_a_worker(herald: &Herald) -> Arc<tokio::sync::Notify> {
     let gate = Arc::new(tokio::sync::Notify::new());
@@ -701,23 +730,7 @@ async fn requests_are_retried_and_waited_for_within_their_limits() {
     assert_eq!(herald.clock().now(), t0 + Duration::from_secs(1), "after the backoff");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (r, p) = (running.clone(), peak.clone());
-    herald
-        .subscribe("slow", "math.slow")
-        .concurrency(2)
-        .handle(move |n: u64, _ctx: Context| {
-            let (r, p) = (r.clone(), p.clone());
-            async move {
-                p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                Ok::<_, HandlerError>(n * 10)
-            }
-        })
-        .await
-        .unwrap();
+    let (running, peak) = counted(&herald, "math.slow", 2, Duration::from_secs(2)).await;
     let t0 = herald.clock().now();
     let requests: Vec<_> = (0..6u64)
         .map(|n| {
@@ -1164,23 +1177,7 @@ async fn a_subscription_at_its_limit_leaves_the_other_workers_to_the_rest() {
     // behind it: the pool claims for whichever subscription has due work and room.
     let herald = Herald::builder().system_events(false).workers(2).build().await.unwrap();
     let started = Instant::now();
-    let slow_running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (r, p) = (slow_running.clone(), peak.clone());
-    herald
-        .subscribe("slow", "work.slow")
-        .concurrency(1)
-        .handle(move |_: u32, _ctx: Context| {
-            let (r, p) = (r.clone(), p.clone());
-            async move {
-                p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                Ok::<_, HandlerError>(())
-            }
-        })
-        .await
-        .unwrap();
+    let (_, peak) = counted(&herald, "work.slow", 1, Duration::from_secs(10)).await;
     let mut fast = recorder::<u32>(&herald, "fast", "work.fast").await;
     herald
         .publish_batch((0..3).map(|i| Message::json("work.slow", &i)))
