@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use super::subscribe::LocalSub;
 use super::worker::{self, Finished};
 use super::{Inner, SubsCopy};
-use crate::store::{Claimed, Completion};
+use crate::store::{Claimed, Completion, Outcome};
 use crate::time::Timestamp;
 
 /// The most deliveries one claim asks for.
@@ -502,6 +502,11 @@ pub(crate) async fn record_one(inner: &Inner, done: Finished) {
     inner.made_room();
 }
 
+thread_local! {
+    /// The outcomes `record_batch` hands to an immediate store.
+    static OUTCOMES: Cell<Vec<(Outcome, bool)>> = const { Cell::new(Vec::new()) };
+}
+
 /// One store call for the whole batch, then what follows each recorded outcome. Leaves `batch`
 /// empty.
 async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
@@ -520,15 +525,18 @@ async fn record_batch(inner: &Inner, batch: &mut Vec<Finished>) {
                 .map(|f| f.outcome.finished_at)
                 .max()
                 .unwrap_or(Timestamp::EPOCH);
-            let outcomes = batch
-                .iter()
-                .map(|f| {
-                    let event = &f.claimed.event;
-                    let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
-                    (f.outcome.clone(), answered_here)
-                })
-                .collect();
-            store.complete_now(outcomes, now)
+            // A list kept from batch to batch: a new one for every batch took more than a
+            // kilobyte, which made glibc consolidate its small free chunks each time.
+            let mut outcomes = OUTCOMES.take();
+            outcomes.extend(batch.iter().map(|f| {
+                let event = &f.claimed.event;
+                let answered_here = event.reply_to().is_some() && inner.has_waiter(event.id());
+                (f.outcome.clone(), answered_here)
+            }));
+            let results = store.complete_now(&mut outcomes, now);
+            outcomes.clear();
+            OUTCOMES.set(outcomes);
+            results
         }
         None => {
             let outcomes = batch.iter().map(|f| f.outcome.clone()).collect();

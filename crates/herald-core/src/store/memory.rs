@@ -108,14 +108,45 @@ impl MemoryStore {
     /// Applies retention and publishes the backlog; returns the evicted records, for the caller to
     /// drop after it has released the lock (freeing their memory is most of an eviction's cost).
     #[must_use = "drop the evicted records after unlocking"]
-    fn settle(&self, state: &mut State, now: Timestamp) -> Vec<Rec> {
+    fn settle(&self, state: &mut State, now: Timestamp) -> Evicted {
         state.enforce_retention(now);
         // Written only when it changes: the runtime reads it at every publish, from any thread.
         let open = state.counts.open();
         if self.backlog.load(Ordering::Relaxed) != open {
             self.backlog.store(open, Ordering::Relaxed);
         }
-        std::mem::take(&mut state.evicted)
+        if state.evicted.is_empty() {
+            return Evicted(Vec::new());
+        }
+        let spare = SPARE_EVICTED.take();
+        Evicted(std::mem::replace(&mut state.evicted, spare))
+    }
+}
+
+thread_local! {
+    /// An empty list with room, to take the place of the store's list of evicted records when a
+    /// caller takes them: a new list for every eviction grew past a kilobyte, and each such
+    /// allocation made glibc consolidate its small free chunks.
+    static SPARE_EVICTED: std::cell::Cell<Vec<Rec>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Records taken out of the store under its lock, freed when this is dropped after the lock.
+struct Evicted(Vec<Rec>);
+
+impl Drop for Evicted {
+    fn drop(&mut self) {
+        let mut list = std::mem::take(&mut self.0);
+        if list.capacity() == 0 || list.capacity() > 4096 {
+            return;
+        }
+        list.clear();
+        // `try_with`: a thread being torn down just frees the list.
+        let _ = SPARE_EVICTED.try_with(|spare| {
+            let old = spare.replace(list);
+            if old.capacity() > 0 {
+                spare.set(old);
+            }
+        });
     }
 }
 
@@ -382,22 +413,31 @@ struct Detail {
 }
 
 /// Events by id, in id order: lookups by binary search, pages (newest first) by range. Ids are
-/// time-ordered, so almost every insert appends; a removal leaves a tombstone, swept from the
-/// front as the oldest go and compacted when tombstones are the majority. (A B-tree map cost a
-/// thousand instructions per publish, every insert at its right edge scanning full nodes; a hash
-/// map beside the order cost 25 bytes per event.)
+/// time-ordered, so almost every insert appends. (A B-tree map cost a thousand instructions per
+/// publish, every insert at its right edge scanning full nodes; a hash map beside the order cost
+/// 25 bytes per event.)
+///
+/// Each entry names its record's slot and the slot's generation at the time. A removal does not
+/// touch the index: the slot's generation moves on, which is what makes the entry a tombstone
+/// (searching for the entry of each evicted event was a sixth of a publish's cost once retention
+/// was full). Tombstones are swept from the front as the oldest events go and compacted when they
+/// are the majority.
 #[derive(Debug, Default)]
 struct IdIndex {
-    order: VecDeque<(EventId, u32)>,
+    order: VecDeque<(EventId, u32, u32)>,
     dead: usize,
-    /// Where the last removal was: retention removes events in about the order they were
-    /// published, so the next is close by (the front stays put behind an event that finishes
-    /// late, a delayed one say, and the removed pile up after it as tombstones).
-    hint: usize,
 }
 
-/// The tombstone of a removed id in `IdIndex::order`.
-const GONE: u32 = u32::MAX;
+/// Whether a slot still holds the record an index entry was made for.
+trait Slab {
+    fn holds(&self, slot: u32, gen: u32) -> bool;
+}
+
+impl Slab for [Slot] {
+    fn holds(&self, slot: u32, gen: u32) -> bool {
+        self.get(slot as usize).is_some_and(|s| s.gen == gen && s.rec.is_some())
+    }
+}
 
 impl IdIndex {
     fn len(&self) -> usize {
@@ -405,42 +445,7 @@ impl IdIndex {
     }
 
     fn position(&self, id: &EventId) -> Option<usize> {
-        // A new id is past the last one: no search.
-        if self.order.back().is_none_or(|(last, _)| last < id) {
-            return None;
-        }
-        // Retention removes the oldest event, which is at the front.
-        if self.order.front().is_some_and(|(first, _)| first == id) {
-            return Some(0);
-        }
-        match self.near_back(id) {
-            Some(Ok(i)) => Some(i),
-            Some(Err(_)) => None,
-            None => self
-                .near_hint(id)
-                .unwrap_or_else(|| self.order.binary_search_by(|(x, _)| x.cmp(id)).ok()),
-        }
-    }
-
-    /// Where `id` is (`Some(None)`: it is not there), if it falls among the entries around the
-    /// last removal: a binary search of a hundred thousand ids misses the caches at every step.
-    fn near_hint(&self, id: &EventId) -> Option<Option<usize>> {
-        let lo = self.hint.saturating_sub(16);
-        let hi = self.hint.saturating_add(48).min(self.order.len());
-        let (first, last) = (&self.order.get(lo)?.0, &self.order.get(hi.checked_sub(1)?)?.0);
-        if id < first || id > last {
-            return None;
-        }
-        let window = self.order.range(lo..hi);
-        for (i, (x, _)) in window.enumerate() {
-            if x == id {
-                return Some(Some(lo + i));
-            }
-            if x > id {
-                return Some(None);
-            }
-        }
-        Some(None)
+        self.locate(id).ok()
     }
 
     /// Where `id` is, or would go (`Err`), if that is among the last few entries: ids made by
@@ -460,9 +465,10 @@ impl IdIndex {
         None
     }
 
-    fn get(&self, id: &EventId) -> Option<u32> {
-        let slot = self.order[self.position(id)?].1;
-        (slot != GONE).then_some(slot)
+    /// The slot of the live event `id`.
+    fn get(&self, id: &EventId, slab: &(impl Slab + ?Sized)) -> Option<u32> {
+        let (_, slot, gen) = self.order[self.position(id)?];
+        slab.holds(slot, gen).then_some(slot)
     }
 
     /// Where `id` is (`Ok`, perhaps a tombstone) or would go (`Err`): one search for both the
@@ -470,58 +476,61 @@ impl IdIndex {
     fn locate(&self, id: &EventId) -> Result<usize, usize> {
         match self.order.back() {
             None => Err(0),
-            Some((last, _)) if last < id => Err(self.order.len()),
+            Some((last, ..)) if last < id => Err(self.order.len()),
             Some(_) => match self.near_back(id) {
                 Some(found) => found,
-                None => self.order.binary_search_by(|(x, _)| x.cmp(id)),
+                None => self.order.binary_search_by(|(x, ..)| x.cmp(id)),
             },
         }
     }
 
     /// Whether `locate` found a live event.
-    fn is_live(&self, spot: Result<usize, usize>) -> bool {
-        spot.is_ok_and(|i| self.order.get(i).is_some_and(|&(_, s)| s != GONE))
+    fn is_live(&self, spot: Result<usize, usize>, slab: &(impl Slab + ?Sized)) -> bool {
+        spot.is_ok_and(|i| self.order.get(i).is_some_and(|&(_, slot, gen)| slab.holds(slot, gen)))
     }
 
-    /// Stores `id` at the spot `locate` gave for it (nothing changed the index since).
-    fn put(&mut self, spot: Result<usize, usize>, id: EventId, slot: u32) {
+    /// Stores `id` at the spot `locate` gave for it (nothing changed the index since), for the
+    /// record in `slot` at generation `gen`.
+    fn put(&mut self, spot: Result<usize, usize>, id: EventId, slot: u32, gen: u32) {
         match spot {
             Ok(i) => {
-                // The id of a removed event, published again.
-                if self.order.get(i).is_some_and(|&(x, s)| x == id && s == GONE) {
-                    self.order[i].1 = slot;
+                // The id of a removed event, published again: its tombstone comes back to life.
+                if let Some(entry) = self.order.get_mut(i).filter(|e| e.0 == id) {
+                    *entry = (id, slot, gen);
                     self.dead -= 1;
                 }
             }
-            Err(i) if i >= self.order.len() => self.order.push_back((id, slot)),
-            Err(i) => self.order.insert(i, (id, slot)),
+            Err(i) if i >= self.order.len() => self.order.push_back((id, slot, gen)),
+            Err(i) => self.order.insert(i, (id, slot, gen)),
         }
     }
 
-    fn remove(&mut self, id: &EventId) {
-        let Some(i) = self.position(id) else { return };
-        if self.order[i].1 == GONE {
-            return;
-        }
-        self.order[i].1 = GONE;
+    /// Notes that an event in the index was removed from the slab (whose slot has moved to its
+    /// next generation).
+    fn forget_one(&mut self, slab: &(impl Slab + ?Sized)) {
         self.dead += 1;
-        self.hint = i;
-        while self.order.front().is_some_and(|&(_, s)| s == GONE) {
+        while self.order.front().is_some_and(|&(_, slot, gen)| !slab.holds(slot, gen)) {
             self.order.pop_front();
             self.dead -= 1;
-            self.hint = self.hint.saturating_sub(1);
         }
         if self.dead > 1024 && self.dead > self.order.len() / 2 {
-            self.order.retain(|&(_, s)| s != GONE);
+            self.order.retain(|&(_, slot, gen)| slab.holds(slot, gen));
             self.dead = 0;
-            self.hint = 0;
         }
     }
 
     /// Live events with ids before `before` (all when `None`), newest first.
-    fn newest_first(&self, before: Option<EventId>) -> impl Iterator<Item = (EventId, u32)> + '_ {
-        let end = before.map_or(self.order.len(), |b| self.order.partition_point(|&(x, _)| x < b));
-        self.order.range(..end).rev().filter(|&&(_, s)| s != GONE).copied()
+    fn newest_first<'a>(
+        &'a self,
+        before: Option<EventId>,
+        slab: &'a (impl Slab + ?Sized),
+    ) -> impl Iterator<Item = (EventId, u32)> + 'a {
+        let end = before.map_or(self.order.len(), |b| self.order.partition_point(|&(x, ..)| x < b));
+        self.order
+            .range(..end)
+            .rev()
+            .filter(|&&(_, slot, gen)| slab.holds(slot, gen))
+            .map(|&(id, slot, _)| (id, slot))
     }
 }
 
@@ -641,7 +650,7 @@ impl State {
     /// A delivery by id alone: a scan, for the rare administrative call (`requeue`).
     fn find_delivery(&self, id: DeliveryId) -> Option<Ref> {
         self.by_id
-            .newest_first(None)
+            .newest_first(None, &self.slots[..])
             .find_map(|(_, slot)| self.find_in_slot(slot, id))
     }
 
@@ -807,7 +816,7 @@ impl State {
         let Some(rec) = slot.rec.take() else { return };
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(at.slot);
-        self.by_id.remove(&id);
+        self.by_id.forget_one(&self.slots[..]);
         if rec.keyed {
             if let Some(key) = rec.event.key() {
                 if self.keys.get(key) == Some(&id) {
@@ -968,7 +977,7 @@ impl State {
         // A publish retried with the same event id (a client that lost the answer) stores
         // nothing new.
         let spot = self.by_id.locate(&event.id());
-        if self.by_id.is_live(spot) {
+        if self.by_id.is_live(spot, &self.slots[..]) {
             return (Published::Duplicate { id: event.id() }, None);
         }
         let (route_topic, routes) = self.take_route(event.topic());
@@ -1005,7 +1014,7 @@ impl State {
             keyed: key.is_some(),
             finished_at: None,
         });
-        self.by_id.put(spot, id, slot);
+        self.by_id.put(spot, id, slot, gen);
         if let Some(key) = key {
             self.keys.insert(key, id);
         }
@@ -1251,12 +1260,12 @@ impl ImmediateStore for MemoryStore {
         Ok(done)
     }
 
-    fn complete_now(&self, outcomes: Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError> {
+    fn complete_now(&self, outcomes: &mut Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError> {
+        let mut out = Vec::with_capacity(outcomes.len());
         let mut guard = self.lock();
         let st = &mut *guard;
-        let mut out = Vec::with_capacity(outcomes.len());
         let mut wakeups = Vec::new();
-        for (o, answered_here) in outcomes {
+        for (o, answered_here) in outcomes.drain(..) {
             let (done, wakeup) = st.apply(o, now);
             out.push(done);
             match wakeup {
@@ -1413,8 +1422,8 @@ impl Store for MemoryStore {
     }
 
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<Vec<Completion>, StoreError> {
-        let outcomes = outcomes.into_iter().map(|o| (o, false)).collect();
-        self.complete_now(outcomes, self.clock.now())
+        let mut outcomes = outcomes.into_iter().map(|o| (o, false)).collect();
+        self.complete_now(&mut outcomes, self.clock.now())
     }
 
     async fn complete_one(&self, outcome: Outcome) -> Result<Completion, StoreError> {
@@ -1425,7 +1434,7 @@ impl Store for MemoryStore {
         let now = self.clock.now();
         let mut guard = self.lock();
         let st = &mut *guard;
-        let Some(slot) = st.by_id.get(&id) else {
+        let Some(slot) = st.by_id.get(&id, &st.slots[..]) else {
             return Ok(Cancelled::NotFound);
         };
         let gen = st.slots[slot as usize].gen;
@@ -1527,11 +1536,11 @@ impl Store for MemoryStore {
             Some(key) => Box::new(
                 st.keys
                     .get(key.as_str())
-                    .and_then(|id| Some((*id, st.by_id.get(id)?)))
+                    .and_then(|id| Some((*id, st.by_id.get(id, &st.slots[..])?)))
                     .filter(|(id, _)| page.after.is_none_or(|a| *id < a))
                     .into_iter(),
             ),
-            None => Box::new(st.by_id.newest_first(page.after)),
+            None => Box::new(st.by_id.newest_first(page.after, &st.slots[..])),
         };
         for (_, slot) in candidates {
             let Some(rec) = st.slots[slot as usize].rec.as_ref() else {
@@ -1558,7 +1567,10 @@ impl Store for MemoryStore {
         let now = self.clock.now();
         let guard = self.lock();
         let st = &*guard;
-        Ok(st.by_id.get(&id).and_then(|slot| st.record(slot, true, now)))
+        Ok(st
+            .by_id
+            .get(&id, &st.slots[..])
+            .and_then(|slot| st.record(slot, true, now)))
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
@@ -1599,25 +1611,35 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
-    /// The index finds every id however events are removed: in about publish order (the hint's
-    /// case), far from the last removal, behind a live front, and after compaction.
+    /// Slot generations for the index alone: `None` is an empty slot.
+    struct Gens(Vec<Option<u32>>);
+
+    impl Slab for Gens {
+        fn holds(&self, slot: u32, gen: u32) -> bool {
+            self.0.get(slot as usize).copied().flatten() == Some(gen)
+        }
+    }
+
+    /// The index finds every id however events are removed: in about publish order, far from the
+    /// others, behind a live front, after compaction, and once an id is published again.
     #[test]
     fn the_id_index_finds_every_id_whatever_the_order_of_removal() {
         let ids: Vec<EventId> = (0..5_000)
             .map(|i| EventId::new_at(Timestamp::from_millis(i / 7)))
             .collect();
         let mut index = IdIndex::default();
+        let mut slab = Gens(vec![Some(0); ids.len()]);
         // A little out of order, as concurrent publishers deliver them.
         for i in (0..ids.len()).step_by(2) {
             for j in [i + 1, i] {
                 let spot = index.locate(&ids[j]);
-                assert!(!index.is_live(spot));
-                index.put(spot, ids[j], j as u32);
+                assert!(!index.is_live(spot, &slab));
+                index.put(spot, ids[j], j as u32, 0);
             }
         }
         assert_eq!(index.len(), ids.len());
         for (slot, id) in ids.iter().enumerate() {
-            assert_eq!(index.get(id), Some(slot as u32));
+            assert_eq!(index.get(id, &slab), Some(slot as u32));
         }
         // The first stays (a delayed event, say); the rest go in a shuffled publish order.
         let mut order: Vec<usize> = (1..ids.len()).collect();
@@ -1627,17 +1649,29 @@ mod tests {
         // And some far from the others.
         order.swap(10, 4_000);
         for (n, &i) in order.iter().enumerate() {
-            assert_eq!(index.get(&ids[i]), Some(i as u32), "before removal {n}");
-            index.remove(&ids[i]);
-            assert_eq!(index.get(&ids[i]), None);
+            assert_eq!(index.get(&ids[i], &slab), Some(i as u32), "before removal {n}");
+            slab.0[i] = None;
+            index.forget_one(&slab);
+            assert_eq!(index.get(&ids[i], &slab), None);
+            assert_eq!(index.len(), ids.len() - n - 1);
             if n % 997 == 0 {
                 let live = std::iter::once(0).chain(order[n + 1..].iter().copied());
                 for j in live {
-                    assert_eq!(index.get(&ids[j]), Some(j as u32), "after removal {n}");
+                    assert_eq!(index.get(&ids[j], &slab), Some(j as u32), "after removal {n}");
                 }
             }
         }
         assert_eq!(index.len(), 1);
-        assert_eq!(index.get(&ids[0]), Some(0));
+        assert_eq!(index.get(&ids[0], &slab), Some(0));
+        let newest: Vec<_> = index.newest_first(None, &slab).collect();
+        assert_eq!(newest, vec![(ids[0], 0)]);
+        // A removed id published again, into a reused slot at its next generation.
+        let again = ids[4_999];
+        let spot = index.locate(&again);
+        assert!(!index.is_live(spot, &slab));
+        slab.0[7] = Some(1);
+        index.put(spot, again, 7, 1);
+        assert_eq!(index.get(&again, &slab), Some(7));
+        assert_eq!(index.len(), 2);
     }
 }

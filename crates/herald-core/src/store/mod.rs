@@ -165,8 +165,9 @@ pub trait ImmediateStore: Send + Sync {
         -> Result<Completion, StoreError>;
 
     /// [`Store::complete`]: [`complete_one_now`](Self::complete_one_now) for each outcome, with
-    /// its `answered_here`, in one step.
-    fn complete_now(&self, outcomes: Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError>;
+    /// its `answered_here`, in one step. Takes every outcome out of `outcomes`, whose room the
+    /// caller keeps for its next batch.
+    fn complete_now(&self, outcomes: &mut Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError>;
 }
 
 /// What [`ImmediateStore::publish_claim_now`] did.
