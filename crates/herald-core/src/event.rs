@@ -328,6 +328,18 @@ struct EventData {
     priority: Priority,
     // What most events lack lives behind one pointer, so a scheduled event stays small in memory.
     extra: Option<Arc<Extra>>,
+    fresh: Fresh,
+}
+
+/// Set on an event whose id the runtime has just made and no store has seen yet (see
+/// [`Event::take_fresh`]); a copy of the fields is never fresh.
+#[derive(Default)]
+struct Fresh(std::sync::atomic::AtomicBool);
+
+impl Clone for Fresh {
+    fn clone(&self) -> Self {
+        Fresh::default()
+    }
 }
 
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -415,11 +427,12 @@ impl Event {
     /// Builds an event from its parts.
     pub fn from_parts(mut p: EventParts) -> Self {
         let reply_to = p.reply_to.take().map(|r| ReplyTo::new(Arc::from(r)));
-        Self::from_parts_replying(p, reply_to.as_ref())
+        Self::from_parts_replying(p, reply_to.as_ref(), false)
     }
 
     /// [`from_parts`](Self::from_parts) with a shared `reply_to` (`p.reply_to` is ignored).
-    pub(crate) fn from_parts_replying(p: EventParts, reply_to: Option<&ReplyTo>) -> Self {
+    /// `fresh`: the runtime has just made the id, so no store holds an event with it.
+    pub(crate) fn from_parts_replying(p: EventParts, reply_to: Option<&ReplyTo>, fresh: bool) -> Self {
         let content_type = p.content_type.filter(|c| c != JSON);
         // Most events have none of these: no `Extra` to build, compare and drop then.
         let plain = content_type.is_none() && p.source.is_none() && p.key.is_none() && p.headers.is_empty();
@@ -444,7 +457,24 @@ impl Event {
             expires_at: p.expires_at.unwrap_or(Timestamp::MAX),
             priority: p.priority,
             extra,
+            fresh: Fresh(std::sync::atomic::AtomicBool::new(fresh)),
         }))
+    }
+
+    /// Whether the runtime made this event's id just now and no store has taken it yet: a store
+    /// then needs no search for an earlier event with the same id.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.0.fresh.0.load(Ordering::Relaxed)
+    }
+
+    /// [`is_fresh`](Self::is_fresh), and from now on not fresh: the store taking the event calls
+    /// it, so that the same event published again is checked like any other.
+    pub(crate) fn take_fresh(&self) -> bool {
+        let fresh = self.is_fresh();
+        if fresh {
+            self.0.fresh.0.store(false, Ordering::Relaxed);
+        }
+        fresh
     }
 
     /// Its parts.

@@ -180,6 +180,8 @@ impl Message {
             When::After(d) => now + d,
             When::At(t) => t.max(now),
         };
+        // An id the runtime makes is new to every store; one the caller gives may not be.
+        let fresh = self.id.is_none();
         let parts = EventParts {
             id: self.id.unwrap_or_else(|| EventId::new_at(now)),
             topic,
@@ -194,7 +196,10 @@ impl Message {
             key: self.key,
             reply_to: None,
         };
-        Ok((Event::from_parts_replying(parts, self.reply_to.as_ref()), published))
+        Ok((
+            Event::from_parts_replying(parts, self.reply_to.as_ref(), fresh),
+            published,
+        ))
     }
 }
 

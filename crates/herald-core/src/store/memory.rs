@@ -7,7 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,7 +31,11 @@ pub struct MemoryStoreBuilder {
     clock: Option<Clock>,
     retain_for: Duration,
     retain_max: usize,
+    shards: Option<usize>,
 }
+
+/// The most shards a memory store has: a delivery's lease token names its shard in three bits.
+const MAX_SHARDS: usize = 8;
 
 impl MemoryStoreBuilder {
     /// Keep finished events this long (default: one hour).
@@ -52,18 +56,54 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// Splits the store into `n` shards, each behind its own lock (clamped to 1..=8; default: the
+    /// machine's parallelism, at most 8).
+    ///
+    /// Each thread publishes into a shard of its own, and a worker claims from its own thread's
+    /// shard first, so that threads publishing and handling at once do not queue on one lock or
+    /// pass one store's memory between their cores. Everything else is the same as with one
+    /// shard, except that two orders become per shard:
+    /// - among due deliveries, a worker starts with the shard whose most urgent delivery has the
+    ///   highest priority, then takes from that shard in priority and due order;
+    /// - `retain_max` evicts the oldest finished events of the shard that goes over the limit.
+    ///
+    /// `shards(1)` keeps one order for the whole store.
+    ///
+    /// ```
+    /// use herald_core::MemoryStore;
+    /// let store = MemoryStore::builder().shards(1).build();
+    /// ```
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n.clamp(1, MAX_SHARDS));
+        self
+    }
+
     /// The store.
     pub fn build(self) -> MemoryStore {
         let clock = self.clock.unwrap_or_default();
+        let n = self
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, MAX_SHARDS)));
+        let shards = (0..n)
+            .map(|i| Shard {
+                state: Mutex::new(State {
+                    retain_for_ms: i64::try_from(self.retain_for.as_millis()).unwrap_or(i64::MAX),
+                    retain_max: self.retain_max,
+                    shard: u32::try_from(i).unwrap_or(0),
+                    ..State::default()
+                }),
+                open: AtomicU64::new(0),
+                ready: AtomicU32::new(0),
+                timer: AtomicI64::new(i64::MAX),
+            })
+            .collect();
         MemoryStore {
             wake: WakeupHub::with_clock(clock),
             clock,
-            state: Mutex::new(State {
-                retain_for_ms: i64::try_from(self.retain_for.as_millis()).unwrap_or(i64::MAX),
-                retain_max: self.retain_max,
-                ..State::default()
-            }),
-            backlog: Arc::new(AtomicU64::new(0)),
+            shards,
+            subs_lock: Mutex::new(()),
+            dedup: Mutex::new(()),
+            finished: AtomicUsize::new(0),
         }
     }
 }
@@ -79,10 +119,54 @@ impl MemoryStoreBuilder {
 #[derive(Debug)]
 pub struct MemoryStore {
     clock: Clock,
-    state: Mutex<State>,
+    shards: Box<[Shard]>,
+    /// Held while the subscription list changes, so that every shard sees the same changes in
+    /// the same order.
+    subs_lock: Mutex<()>,
+    /// Held from the search of the other shards for an event's id or key until its own shard
+    /// has it, so that two publishes of one id or key cannot both miss the other.
+    dedup: Mutex<()>,
+    /// Finished events in all shards (see `State::enforce_retention`).
+    finished: AtomicUsize,
     wake: WakeupHub,
-    backlog: Arc<AtomicU64>,
 }
+
+/// A part of the store with its own lock, and what others read of it without that lock. A shard
+/// holds whole events: an event, its deliveries and their history are in the shard it was
+/// published into.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    state: Mutex<State>,
+    /// Its open deliveries (the store's backlog is the sum).
+    open: AtomicU64,
+    /// Bit `p`: a subscription has a ready delivery of priority `p` here.
+    ready: AtomicU32,
+    /// The earliest due time of a scheduled delivery or end of a lease here (Unix ms; `i64::MAX`
+    /// for none). It may be early (a stale entry), never late.
+    timer: AtomicI64,
+}
+
+impl Shard {
+    /// Whether a claim here might find something at `now`. Read after the claimer's due mark was
+    /// cleared: a publish that makes work here writes this before it marks the subscription due.
+    fn may_have_work(&self, now: Timestamp) -> bool {
+        self.ready.load(Ordering::SeqCst) != 0 || self.timer.load(Ordering::SeqCst) <= now.as_millis()
+    }
+
+    /// The highest priority ready here, if any.
+    fn top(&self) -> Option<u32> {
+        let bits = self.ready.load(Ordering::SeqCst);
+        (bits != 0).then(|| 31 - bits.leading_zeros())
+    }
+}
+
+thread_local! {
+    /// This thread's shard number (modulo a store's shard count), given out in turn.
+    static HOME: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
 
 impl MemoryStore {
     /// A store with the default retention (one hour, 100,000 finished events).
@@ -96,24 +180,107 @@ impl MemoryStore {
             clock: None,
             retain_for: Duration::from_secs(3600),
             retain_max: 100_000,
+            shards: None,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while the lock was held cannot leave a half-applied change behind that later
-        // calls would trip on worse than the panic itself did; carry on with the state as it is.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// This thread's shard.
+    fn home(&self) -> usize {
+        let n = self.shards.len();
+        if n == 1 {
+            return 0;
+        }
+        let home = HOME.with(|h| {
+            if h.get() == usize::MAX {
+                h.set(NEXT_HOME.fetch_add(1, Ordering::Relaxed));
+            }
+            h.get()
+        });
+        home % n
     }
 
-    /// Applies retention and publishes the backlog; returns the evicted records, for the caller to
-    /// drop after it has released the lock (freeing their memory is most of an eviction's cost).
+    /// Where `event` goes: this thread's shard. And whether the other shards must first be asked
+    /// whether they hold a live event with its id or its key: not for an event without a key
+    /// whose id the runtime has just made.
+    fn place(&self, event: &Event) -> (usize, bool) {
+        let fresh = event.take_fresh();
+        if self.shards.len() == 1 {
+            return (0, false);
+        }
+        (self.home(), !fresh || event.key().is_some())
+    }
+
+    /// The id of a live event in a shard other than `except` with `event`'s id or key. The caller
+    /// holds `dedup` until its own shard has the event.
+    fn held_elsewhere(&self, event: &Event, except: usize) -> Option<EventId> {
+        (0..self.shards.len()).filter(|&i| i != except).find_map(|i| {
+            let st = self.lock(i);
+            if let Some(&holder) = event.key().and_then(|k| st.keys.get(k)) {
+                return Some(holder);
+            }
+            st.by_id.get(&event.id(), &st.slots[..]).map(|_| event.id())
+        })
+    }
+
+    /// Publishes into shard `i` an event that another shard may already hold (see `place`).
+    fn publish_checked(
+        &self,
+        i: usize,
+        event: Event,
+        first_id: Option<DeliveryId>,
+        now: Timestamp,
+        wake: &mut Announce,
+    ) -> Published {
+        let _checking = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = self.held_elsewhere(&event, i) {
+            return Published::Duplicate { id };
+        }
+        let mut guard = self.lock(i);
+        let st = &mut *guard;
+        let (out, _) = st.insert(event, first_id, now, wake);
+        let evicted = self.settle(i, st, now);
+        drop(guard);
+        drop(evicted);
+        out
+    }
+
+    /// The shard a lease's token names.
+    fn shard_of(&self, lease: &Lease) -> Option<usize> {
+        let i = (lease.token & SHARD_BITS) as usize;
+        (i < self.shards.len()).then_some(i)
+    }
+
+    /// Shard `i`'s state. Whoever holds more than one shard's lock takes them in shard order.
+    fn lock(&self, i: usize) -> MutexGuard<'_, State> {
+        // A panic while the lock was held cannot leave a half-applied change behind that later
+        // calls would trip on worse than the panic itself did; carry on with the state as it is.
+        self.shards[i]
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies retention and publishes shard `i`'s backlog and summaries; returns the evicted
+    /// records, for the caller to drop after it has released the lock (freeing their memory is
+    /// most of an eviction's cost).
     #[must_use = "drop the evicted records after unlocking"]
-    fn settle(&self, state: &mut State, now: Timestamp) -> Evicted {
-        state.enforce_retention(now);
-        // Written only when it changes: the runtime reads it at every publish, from any thread.
+    fn settle(&self, i: usize, state: &mut State, now: Timestamp) -> Evicted {
+        state.enforce_retention(now, &self.finished);
+        let shard = &self.shards[i];
+        // Written only when they change: other threads read them, at every publish for the
+        // backlog.
         let open = state.counts.open();
-        if self.backlog.load(Ordering::Relaxed) != open {
-            self.backlog.store(open, Ordering::Relaxed);
+        if shard.open.load(Ordering::Relaxed) != open {
+            shard.open.store(open, Ordering::Relaxed);
+        }
+        if self.shards.len() > 1 {
+            let (ready, timer) = state.summary();
+            if shard.ready.load(Ordering::Relaxed) != ready {
+                shard.ready.store(ready, Ordering::SeqCst);
+            }
+            if shard.timer.load(Ordering::Relaxed) != timer {
+                shard.timer.store(timer, Ordering::SeqCst);
+            }
         }
         if state.evicted.is_empty() {
             return Evicted(Vec::new());
@@ -555,10 +722,17 @@ struct State {
     counts: StatusCounts,
     unrouted: u64,
     next_token: u64,
+    /// This shard's number, in the low bits of every lease token it gives out.
+    shard: u32,
+    /// How many finished events this shard last counted into the store's total.
+    reported_finished: usize,
     /// How long finished events are kept, in milliseconds.
     retain_for_ms: i64,
     retain_max: usize,
 }
+
+/// The bits of a lease token that name its shard (see `State::take`).
+const SHARD_BITS: u64 = 0b111;
 
 /// The record and delivery index `at` names, if it still names one. A free function over the
 /// slab, so that callers can hold the status counts at the same time.
@@ -848,14 +1022,52 @@ impl State {
         Some(current)
     }
 
-    fn enforce_retention(&mut self, now: Timestamp) {
+    /// Evicts what has been finished longer than `retain_for`, then, while the store's finished
+    /// events (`total`, over all shards) are more than `retain_max`, this shard's oldest.
+    fn enforce_retention(&mut self, now: Timestamp, total: &AtomicUsize) {
         let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(self.retain_for_ms));
         while self.pop_finished(Some(cutoff)).is_some() {}
-        while self.finished.len() > self.retain_max {
-            if self.pop_finished(None).is_none() {
-                break;
+        let mut all = self.report_finished(total);
+        if all > self.retain_max {
+            let mut over = all - self.retain_max;
+            while over > 0 && self.pop_finished(None).is_some() {
+                over -= 1;
+            }
+            all = self.report_finished(total);
+        }
+        let _ = all;
+    }
+
+    /// Brings the store's count of finished events up to date with this shard's; returns the
+    /// count. With one shard it is this shard's own.
+    fn report_finished(&mut self, total: &AtomicUsize) -> usize {
+        let mine = self.finished.len();
+        let before = self.reported_finished;
+        self.reported_finished = mine;
+        if mine > before {
+            total.fetch_add(mine - before, Ordering::Relaxed) + (mine - before)
+        } else if mine < before {
+            total.fetch_sub(before - mine, Ordering::Relaxed) - (before - mine)
+        } else {
+            total.load(Ordering::Relaxed)
+        }
+    }
+
+    /// What others read of this shard without its lock (see `Shard`): the priorities ready, and
+    /// the earliest due time or lease end (Unix ms).
+    fn summary(&self) -> (u32, i64) {
+        let mut ready = 0;
+        let mut timer = i64::MAX;
+        for s in &self.subs {
+            ready |= u32::from(s.ready.occupied);
+            if let Some(Reverse((due, _))) = s.scheduled.peek() {
+                timer = timer.min(due.as_millis());
+            }
+            if let Some((until, _, _)) = s.leases.peek() {
+                timer = timer.min(until.as_millis());
             }
         }
+        (ready, timer)
     }
 
     fn record(&self, slot: u32, with_attempts: bool, now: Timestamp) -> Option<EventRecord> {
@@ -1055,10 +1267,11 @@ impl State {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> Take {
-        // The token is the slot in its high half and a claim counter in its low half: unique per
-        // claim of a delivery (fencing), and it leads `complete` straight to the slot.
+        // The token is the slot in its high half and, in its low half, a claim counter above the
+        // shard's number: unique per claim of a delivery (fencing), and it leads `complete`
+        // straight to the shard and the slot.
         self.next_token = self.next_token.wrapping_add(1);
-        let token = (u64::from(at.slot) << 32) | (self.next_token & 0xffff_ffff);
+        let token = (u64::from(at.slot) << 32) | (((self.next_token << 3) | u64::from(self.shard)) & 0xffff_ffff);
         let counts = &mut self.counts;
         let Some((rec, i)) = delivery_mut(&mut self.slots, at) else {
             return Take::Gone;
@@ -1127,6 +1340,158 @@ impl State {
     }
 }
 
+impl MemoryStore {
+    /// Publishes `events` in order, each into its shard (see `place`), holding one shard's lock
+    /// for a run of events that go to the same shard.
+    fn publish_all(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+        first_id: Option<DeliveryId>,
+        now: Timestamp,
+        wake: &mut Announce,
+    ) -> Vec<Published> {
+        let events = events.into_iter();
+        let mut out = Vec::with_capacity(events.size_hint().0);
+        let mut held: Option<(usize, MutexGuard<'_, State>)> = None;
+        let mut evicted = Vec::new();
+        let mut first_id = first_id;
+        for event in events {
+            let (i, ask_others) = self.place(&event);
+            if ask_others {
+                // No other shard's lock is taken while one is held, except in shard order.
+                if let Some((j, mut st)) = held.take() {
+                    evicted.push(self.settle(j, &mut st, now));
+                }
+                out.push(self.publish_checked(i, event, first_id.take(), now, wake));
+                continue;
+            }
+            let st = match &mut held {
+                Some((j, st)) if *j == i => st,
+                _ => {
+                    if let Some((j, mut st)) = held.take() {
+                        evicted.push(self.settle(j, &mut st, now));
+                    }
+                    &mut held.insert((i, self.lock(i))).1
+                }
+            };
+            out.push(st.insert(event, first_id.take(), now, wake).0);
+        }
+        if let Some((j, mut st)) = held.take() {
+            evicted.push(self.settle(j, &mut st, now));
+        }
+        drop(evicted);
+        out
+    }
+
+    /// Claims up to `max` deliveries of `subscription` from shard `i` into `out`.
+    fn claim_from(
+        &self,
+        i: usize,
+        subscription: &SubscriptionName,
+        max: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+        out: &mut Vec<Claimed>,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.lock(i);
+        let st = &mut *guard;
+        let sub = st.sub_index(subscription)?;
+        st.reclaim(sub, now);
+        st.promote(sub, now);
+        let first = out.len();
+        let mut expired = Vec::new();
+        while out.len() - first < max {
+            let Some(s) = st.subs.get_mut(sub as usize) else { break };
+            let Some(at) = s.ready.pop() else { break };
+            match st.take(sub, at, subscription, now, lease_until) {
+                Take::Claimed(c) => out.push(c),
+                Take::Expired => expired.push(at),
+                Take::Gone => {}
+            }
+        }
+        if !expired.is_empty() {
+            metrics::counter!("herald_deliveries_expired_total").increment(expired.len() as u64);
+        }
+        for at in expired {
+            st.close_one(at, now);
+        }
+        let evicted = self.settle(i, st, now);
+        drop(guard);
+        drop(evicted);
+        Ok(())
+    }
+
+    /// The shards a claim visits, in order: this thread's first, unless another has a more urgent
+    /// delivery ready; then the others that may have work at `now`. A shard with deliveries of
+    /// `subscription` that have come due is brought up to date first, so that their priorities
+    /// count.
+    fn claim_order(&self, subscription: &SubscriptionName, now: Timestamp) -> impl Iterator<Item = usize> + '_ {
+        let n = self.shards.len();
+        for (i, shard) in self.shards.iter().enumerate() {
+            if n > 1 && shard.timer.load(Ordering::SeqCst) <= now.as_millis() {
+                let mut guard = self.lock(i);
+                let st = &mut *guard;
+                if let Ok(sub) = st.sub_index(subscription) {
+                    st.reclaim(sub, now);
+                    st.promote(sub, now);
+                }
+                let evicted = self.settle(i, st, now);
+                drop(guard);
+                drop(evicted);
+            }
+        }
+        let home = self.home();
+        let urgent = (0..n)
+            .filter(|&i| i != home)
+            .filter_map(|i| Some((self.shards[i].top()?, i)))
+            .max()
+            .filter(|&(top, _)| self.shards[home].top().is_none_or(|h| top > h))
+            .map(|(_, i)| i);
+        urgent
+            .into_iter()
+            .chain(std::iter::once(home))
+            .chain((1..n).map(move |k| (home + k) % n).filter(move |&i| Some(i) != urgent))
+            .filter(move |&i| i == home || self.shards[i].may_have_work(now))
+    }
+
+    /// Records `outcomes` (with their `answered_here`, see `ImmediateStore::complete_one_now`) in
+    /// shard `i`; puts each result at its index in `out` and each announcement in `wakeups`.
+    fn complete_in(
+        &self,
+        i: usize,
+        outcomes: impl Iterator<Item = (usize, Outcome, bool)>,
+        now: Timestamp,
+        out: &mut [Completion],
+        wakeups: &mut Vec<Wakeup>,
+    ) {
+        let mut guard = self.lock(i);
+        let st = &mut *guard;
+        for (k, o, answered_here) in outcomes {
+            let (done, wakeup) = st.apply(o, now);
+            if let Some(slot) = out.get_mut(k) {
+                *slot = done;
+            }
+            match wakeup {
+                Some(Wakeup::Answered(_)) if answered_here => {}
+                Some(w) => wakeups.push(w),
+                None => {}
+            }
+        }
+        let evicted = self.settle(i, st, now);
+        drop(guard);
+        drop(evicted);
+    }
+
+    /// The shard holding the live event `id`, and its slot there.
+    fn find_event(&self, id: &EventId) -> Option<(usize, MutexGuard<'_, State>, u32)> {
+        (0..self.shards.len()).find_map(|i| {
+            let st = self.lock(i);
+            let slot = st.by_id.get(id, &st.slots[..])?;
+            Some((i, st, slot))
+        })
+    }
+}
+
 /// Nothing in the memory store waits: its hot calls are made without a future.
 impl ImmediateStore for MemoryStore {
     fn wakeups_keyed(&self) -> (ListenerKey, BoxStream<'static, Wakeup>) {
@@ -1141,11 +1506,18 @@ impl ImmediateStore for MemoryStore {
     ) -> Result<Published, StoreError> {
         // Most events have one delivery: its id is made before the lock, to hold it shorter.
         let first_id = DeliveryId::for_event(event.id());
-        let mut guard = self.lock();
+        let (i, ask_others) = self.place(&event);
+        if ask_others {
+            let mut wake = Announce::default();
+            let out = self.publish_checked(i, event, Some(first_id), now, &mut wake);
+            self.announce(wake, now, handled_by);
+            return Ok(out);
+        }
+        let mut guard = self.lock(i);
         let st = &mut *guard;
         let mut wake = Announce::default();
         let (out, _) = st.insert(event, Some(first_id), now, &mut wake);
-        let evicted = self.settle(st, now);
+        let evicted = self.settle(i, st, now);
         drop(guard);
         drop(evicted);
         self.announce(wake, now, handled_by);
@@ -1160,8 +1532,23 @@ impl ImmediateStore for MemoryStore {
         claim_for: &SubscriptionName,
         lease: Duration,
     ) -> Result<PublishClaim, StoreError> {
+        let home = self.home();
+        let mut _checking = None;
+        if self.shards.len() > 1 {
+            // Only when no other shard may have something due that a claim would take first.
+            let quiet = (0..self.shards.len()).all(|i| i == home || !self.shards[i].may_have_work(now));
+            if !quiet {
+                return Ok(PublishClaim::Declined(event));
+            }
+            if !event.is_fresh() || event.key().is_some() {
+                _checking = Some(self.dedup.lock().unwrap_or_else(|p| p.into_inner()));
+                if let Some(id) = self.held_elsewhere(&event, home) {
+                    return Ok(PublishClaim::Stored(Published::Duplicate { id }));
+                }
+            }
+        }
         let first_id = DeliveryId::for_event(event.id());
-        let mut guard = self.lock();
+        let mut guard = self.lock(home);
         let st = &mut *guard;
         let sub = match st.sub_ids.get(claim_for).copied() {
             Some(sub) if !event.is_expired_at(now) && st.nothing_due(sub, now) && st.routes_to(event.topic(), sub) => {
@@ -1169,6 +1556,7 @@ impl ImmediateStore for MemoryStore {
             }
             _ => return Ok(PublishClaim::Declined(event)),
         };
+        event.take_fresh();
         let mut wake = Announce::default();
         let (out, stored) = st.insert(event, Some(first_id), now, &mut wake);
         let Some((slot, gen)) = stored else {
@@ -1192,7 +1580,7 @@ impl ImmediateStore for MemoryStore {
                 wake.now = None;
             }
         }
-        let evicted = self.settle(st, now);
+        let evicted = self.settle(home, st, now);
         drop(guard);
         drop(evicted);
         self.announce(wake, now, handled_by);
@@ -1211,32 +1599,14 @@ impl ImmediateStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let now = self.clock.now();
         let lease_until = now + lease;
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let sub = st.sub_index(subscription)?;
-        st.reclaim(sub, now);
-        st.promote(sub, now);
-        let out = into;
-        let first = out.len();
-        let mut expired = Vec::new();
-        while out.len() - first < max {
-            let Some(s) = st.subs.get_mut(sub as usize) else { break };
-            let Some(at) = s.ready.pop() else { break };
-            match st.take(sub, at, subscription, now, lease_until) {
-                Take::Claimed(c) => out.push(c),
-                Take::Expired => expired.push(at),
-                Take::Gone => {}
+        let first = into.len();
+        for i in self.claim_order(subscription, now) {
+            let taken = into.len() - first;
+            if taken >= max {
+                break;
             }
+            self.claim_from(i, subscription, max - taken, now, lease_until, into)?;
         }
-        if !expired.is_empty() {
-            metrics::counter!("herald_deliveries_expired_total").increment(expired.len() as u64);
-        }
-        for at in expired {
-            st.close_one(at, now);
-        }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
         Ok(())
     }
 
@@ -1246,37 +1616,46 @@ impl ImmediateStore for MemoryStore {
         answered_here: bool,
         now: Timestamp,
     ) -> Result<Completion, StoreError> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let (done, wakeup) = st.apply(outcome, now);
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
-        match wakeup {
-            Some(Wakeup::Answered(_)) if answered_here => {}
-            Some(w) => self.wake.send_at(w, now),
-            None => {}
+        let Some(i) = self.shard_of(&outcome.lease) else {
+            return Ok(Completion::Stale);
+        };
+        let mut out = [Completion::Stale];
+        let mut wakeups = Vec::new();
+        self.complete_in(
+            i,
+            std::iter::once((0, outcome, answered_here)),
+            now,
+            &mut out,
+            &mut wakeups,
+        );
+        for w in wakeups {
+            self.wake.send_at(w, now);
         }
-        Ok(done)
+        Ok(out[0])
     }
 
     fn complete_now(&self, outcomes: &mut Vec<(Outcome, bool)>, now: Timestamp) -> Result<Vec<Completion>, StoreError> {
-        let mut out = Vec::with_capacity(outcomes.len());
-        let mut guard = self.lock();
-        let st = &mut *guard;
+        let mut out = vec![Completion::Stale; outcomes.len()];
         let mut wakeups = Vec::new();
-        for (o, answered_here) in outcomes.drain(..) {
-            let (done, wakeup) = st.apply(o, now);
-            out.push(done);
-            match wakeup {
-                Some(Wakeup::Answered(_)) if answered_here => {}
-                Some(w) => wakeups.push(w),
-                None => {}
+        let first = outcomes.first().and_then(|(o, _)| self.shard_of(&o.lease));
+        if outcomes.iter().all(|(o, _)| self.shard_of(&o.lease) == first) {
+            // The usual batch: all from one shard.
+            if let Some(i) = first {
+                let all = outcomes.drain(..).enumerate().map(|(k, (o, a))| (k, o, a));
+                self.complete_in(i, all, now, &mut out, &mut wakeups);
+            }
+        } else {
+            let mut by_shard: Vec<Vec<(usize, Outcome, bool)>> = vec![Vec::new(); self.shards.len()];
+            for (k, (o, a)) in outcomes.drain(..).enumerate() {
+                if let Some(i) = self.shard_of(&o.lease) {
+                    by_shard[i].push((k, o, a));
+                }
+            }
+            for (i, these) in by_shard.into_iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+                self.complete_in(i, these.into_iter(), now, &mut out, &mut wakeups);
             }
         }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
+        outcomes.clear();
         for w in wakeups {
             self.wake.send_at(w, now);
         }
@@ -1299,81 +1678,80 @@ impl Store for MemoryStore {
     }
 
     async fn declare(&self, subscription: &SubscriptionSpec) -> Result<(), StoreError> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        match st.sub_ids.get(&subscription.name) {
-            Some(&i) => st.subs[i as usize].spec = subscription.clone(),
-            None => {
-                let i = u32::try_from(st.subs.len())
-                    .map_err(|_| StoreError::Unsupported("more than 2^32 subscriptions"))?;
-                st.subs.push(Sub {
-                    spec: subscription.clone(),
-                    removed: false,
-                    scheduled: BinaryHeap::new(),
-                    ready: ReadyQueue::default(),
-                    leases: LeaseQueue::default(),
-                });
-                st.sub_ids.insert(subscription.name.clone(), i);
+        let _changing = self.subs_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..self.shards.len() {
+            let mut guard = self.lock(i);
+            let st = &mut *guard;
+            match st.sub_ids.get(&subscription.name) {
+                Some(&i) => st.subs[i as usize].spec = subscription.clone(),
+                None => {
+                    let i = u32::try_from(st.subs.len())
+                        .map_err(|_| StoreError::Unsupported("more than 2^32 subscriptions"))?;
+                    st.subs.push(Sub {
+                        spec: subscription.clone(),
+                        removed: false,
+                        scheduled: BinaryHeap::new(),
+                        ready: ReadyQueue::default(),
+                        leases: LeaseQueue::default(),
+                    });
+                    st.sub_ids.insert(subscription.name.clone(), i);
+                }
             }
+            st.routes.clear();
+            st.last_route = None;
         }
-        st.routes.clear();
-        st.last_route = None;
         Ok(())
     }
 
     async fn remove_subscription(&self, name: &SubscriptionName) -> Result<u64, StoreError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let Some(i) = st.sub_ids.remove(name) else {
-            return Ok(0);
-        };
-        st.routes.clear();
-        st.last_route = None;
-        let Some(sub) = st.subs.get_mut(i as usize) else {
-            return Ok(0);
-        };
-        sub.removed = true;
-        let refs: Vec<Ref> = std::mem::take(&mut sub.scheduled)
-            .into_iter()
-            .map(|Reverse((_, at))| at)
-            .chain(sub.ready.drain())
-            .chain(sub.leases.drain().map(|(_, at, _)| at))
-            .collect();
-        let mut ended = Vec::new();
-        for at in refs {
-            let counts = &mut st.counts;
-            let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+        let _changing = self.subs_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for shard in 0..self.shards.len() {
+            let mut guard = self.lock(shard);
+            let st = &mut *guard;
+            let Some(i) = st.sub_ids.remove(name) else {
                 continue;
             };
-            let d = &mut rec.deliveries[i];
-            if !d.status.is_finished() {
-                set_status(counts, d, DeliveryStatus::Cancelled);
-                ended.push(at);
+            st.routes.clear();
+            st.last_route = None;
+            let Some(sub) = st.subs.get_mut(i as usize) else {
+                continue;
+            };
+            sub.removed = true;
+            let refs: Vec<Ref> = std::mem::take(&mut sub.scheduled)
+                .into_iter()
+                .map(|Reverse((_, at))| at)
+                .chain(sub.ready.drain())
+                .chain(sub.leases.drain().map(|(_, at, _)| at))
+                .collect();
+            let mut ended = Vec::new();
+            for at in refs {
+                let counts = &mut st.counts;
+                let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
+                    continue;
+                };
+                let d = &mut rec.deliveries[i];
+                if !d.status.is_finished() {
+                    set_status(counts, d, DeliveryStatus::Cancelled);
+                    ended.push(at);
+                }
             }
+            n += ended.len() as u64;
+            for at in ended {
+                st.close_one(at, now);
+            }
+            let evicted = self.settle(shard, st, now);
+            drop(guard);
+            drop(evicted);
         }
-        let n = ended.len() as u64;
-        for at in ended {
-            st.close_one(at, now);
-        }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
         Ok(n)
     }
 
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let mut out = Vec::with_capacity(events.len());
         let mut wake = Announce::default();
-        for event in events {
-            out.push(st.insert(event, None, now, &mut wake).0);
-        }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
+        let out = self.publish_all(events, None, now, &mut wake);
         self.announce(wake, now, None);
         Ok(out)
     }
@@ -1396,27 +1774,31 @@ impl Store for MemoryStore {
     async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>, StoreError> {
         let now = self.clock.now();
         let until = now + lease;
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let mut out = Vec::with_capacity(leases.len());
-        for l in leases {
-            let held = match st.find_leased(l) {
-                Some(at) => {
-                    let sub = delivery_mut(&mut st.slots, at).and_then(|(rec, i)| {
-                        let d = &mut rec.deliveries[i];
-                        d.leased_by(l.token).then(|| {
-                            d.until = until;
-                            d.sub
-                        })
-                    });
-                    if let Some(s) = sub.and_then(|s| st.subs.get_mut(s as usize)) {
-                        s.leases.push(until, at, l.token);
-                    }
-                    sub.is_some()
+        let mut out = vec![false; leases.len()];
+        for shard in 0..self.shards.len() {
+            let mine: Vec<usize> = (0..leases.len())
+                .filter(|&k| self.shard_of(&leases[k]) == Some(shard))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut guard = self.lock(shard);
+            let st = &mut *guard;
+            for k in mine {
+                let l = &leases[k];
+                let Some(at) = st.find_leased(l) else { continue };
+                let sub = delivery_mut(&mut st.slots, at).and_then(|(rec, i)| {
+                    let d = &mut rec.deliveries[i];
+                    d.leased_by(l.token).then(|| {
+                        d.until = until;
+                        d.sub
+                    })
+                });
+                if let Some(s) = sub.and_then(|s| st.subs.get_mut(s as usize)) {
+                    s.leases.push(until, at, l.token);
                 }
-                None => false,
-            };
-            out.push(held);
+                out[k] = sub.is_some();
+            }
         }
         Ok(out)
     }
@@ -1432,11 +1814,10 @@ impl Store for MemoryStore {
 
     async fn cancel(&self, id: EventId, end: CancelAs) -> Result<Cancelled, StoreError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let Some(slot) = st.by_id.get(&id, &st.slots[..]) else {
+        let Some((shard, mut guard, slot)) = self.find_event(&id) else {
             return Ok(Cancelled::NotFound);
         };
+        let st = &mut *guard;
         let gen = st.slots[slot as usize].gen;
         let to = match end {
             CancelAs::Cancelled => DeliveryStatus::Cancelled,
@@ -1463,7 +1844,7 @@ impl Store for MemoryStore {
         for at in ended {
             st.close_one(at, now);
         }
-        let evicted = self.settle(st, now);
+        let evicted = self.settle(shard, st, now);
         drop(guard);
         drop(evicted);
         Ok(if n == 0 {
@@ -1475,11 +1856,15 @@ impl Store for MemoryStore {
 
     async fn requeue(&self, id: DeliveryId) -> Result<Requeued, StoreError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let Some(at) = st.find_delivery(id) else {
+        let found = (0..self.shards.len()).find_map(|i| {
+            let st = self.lock(i);
+            let at = st.find_delivery(id)?;
+            Some((i, st, at))
+        });
+        let Some((shard, mut guard, at)) = found else {
             return Ok(Requeued::NotFound);
         };
+        let st = &mut *guard;
         let counts = &mut st.counts;
         let Some((rec, i)) = delivery_mut(&mut st.slots, at) else {
             return Ok(Requeued::NotFound);
@@ -1494,7 +1879,7 @@ impl Store for MemoryStore {
         let sub = d.sub;
         st.reopen_one(at);
         st.push_ready(at, sub, priority, now);
-        let evicted = self.settle(st, now);
+        let evicted = self.settle(shard, st, now);
         drop(guard);
         drop(evicted);
         self.wake.send_at(Wakeup::Due(now), now);
@@ -1507,16 +1892,21 @@ impl Store for MemoryStore {
         after: Timestamp,
     ) -> Result<Option<Timestamp>, StoreError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
         let mut earliest: Option<Timestamp> = None;
-        for name in subscriptions {
-            let Ok(sub) = st.sub_index(name) else { continue };
-            // Only what is due by the clock may become pending: `after` may lie ahead of it.
-            st.promote(sub, after.min(now));
-            if let Some(t) = st.next_after(sub, after) {
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        for shard in 0..self.shards.len() {
+            let mut guard = self.lock(shard);
+            let st = &mut *guard;
+            for name in subscriptions {
+                let Ok(sub) = st.sub_index(name) else { continue };
+                // Only what is due by the clock may become pending: `after` may lie ahead of it.
+                st.promote(sub, after.min(now));
+                if let Some(t) = st.next_after(sub, after) {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                }
             }
+            let evicted = self.settle(shard, st, now);
+            drop(guard);
+            drop(evicted);
         }
         Ok(earliest)
     }
@@ -1527,22 +1917,38 @@ impl Store for MemoryStore {
 
     async fn query(&self, filter: &EventFilter, page: PageRequest) -> Result<Page<EventRecord>, StoreError> {
         let now = self.clock.now();
-        let guard = self.lock();
-        let st = &*guard;
+        // Every shard at once, locked in shard order, for one consistent page.
+        let guards: Vec<MutexGuard<'_, State>> = (0..self.shards.len()).map(|i| self.lock(i)).collect();
         let limit = page.limit.clamp(1, PageRequest::MAX_LIMIT) as usize;
         let mut items = Vec::with_capacity(limit.min(64));
-        let candidates: Box<dyn Iterator<Item = (EventId, u32)>> = match &filter.key {
-            // A key names at most one live event: look it up instead of scanning.
-            Some(key) => Box::new(
-                st.keys
-                    .get(key.as_str())
-                    .and_then(|id| Some((*id, st.by_id.get(id, &st.slots[..])?)))
-                    .filter(|(id, _)| page.after.is_none_or(|a| *id < a))
-                    .into_iter(),
-            ),
-            None => Box::new(st.by_id.newest_first(page.after, &st.slots[..])),
-        };
-        for (_, slot) in candidates {
+        // Each shard's candidates newest first, merged newest first.
+        let mut lists: Vec<std::iter::Peekable<Box<dyn Iterator<Item = (EventId, u32)> + '_>>> = guards
+            .iter()
+            .map(|st| {
+                let list: Box<dyn Iterator<Item = (EventId, u32)> + '_> = match &filter.key {
+                    // A key names at most one live event: look it up instead of scanning.
+                    Some(key) => Box::new(
+                        st.keys
+                            .get(key.as_str())
+                            .and_then(|id| Some((*id, st.by_id.get(id, &st.slots[..])?)))
+                            .filter(|(id, _)| page.after.is_none_or(|a| *id < a))
+                            .into_iter(),
+                    ),
+                    None => Box::new(st.by_id.newest_first(page.after, &st.slots[..])),
+                };
+                list.peekable()
+            })
+            .collect();
+        loop {
+            let next = lists
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, l)| Some((l.peek()?.0, i)))
+                .max()
+                .map(|(_, i)| i);
+            let Some(i) = next else { break };
+            let Some((_, slot)) = lists[i].next() else { break };
+            let st = &guards[i];
             let Some(rec) = st.slots[slot as usize].rec.as_ref() else {
                 continue;
             };
@@ -1565,51 +1971,68 @@ impl Store for MemoryStore {
 
     async fn get(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {
         let now = self.clock.now();
-        let guard = self.lock();
-        let st = &*guard;
-        Ok(st
-            .by_id
-            .get(&id, &st.slots[..])
-            .and_then(|slot| st.record(slot, true, now)))
+        Ok(self
+            .find_event(&id)
+            .and_then(|(_, st, slot)| st.record(slot, true, now)))
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        // Count scheduled deliveries whose time has come as pending, as `get` and `query` show them.
-        for sub in 0..u32::try_from(st.subs.len()).unwrap_or(u32::MAX) {
-            st.promote(sub, now);
+        let mut total = Stats {
+            events: 0,
+            unrouted: 0,
+            deliveries: StatusCounts::default(),
+        };
+        for shard in 0..self.shards.len() {
+            let mut guard = self.lock(shard);
+            let st = &mut *guard;
+            // Count scheduled deliveries whose time has come as pending, as `get` and `query`
+            // show them.
+            for sub in 0..u32::try_from(st.subs.len()).unwrap_or(u32::MAX) {
+                st.promote(sub, now);
+            }
+            total.events += st.by_id.len() as u64;
+            total.unrouted += st.unrouted;
+            let c = &st.counts;
+            let t = &mut total.deliveries;
+            t.scheduled += c.scheduled;
+            t.pending += c.pending;
+            t.active += c.active;
+            t.retrying += c.retrying;
+            t.succeeded += c.succeeded;
+            t.dead += c.dead;
+            t.cancelled += c.cancelled;
+            t.expired += c.expired;
         }
-        Ok(Stats {
-            events: st.by_id.len() as u64,
-            unrouted: st.unrouted,
-            deliveries: st.counts,
-        })
+        Ok(total)
     }
 
     async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
         let mut removed = 0;
-        while let Some(current) = st.pop_finished(Some(before)) {
-            removed += u64::from(current);
+        for shard in 0..self.shards.len() {
+            let mut guard = self.lock(shard);
+            let st = &mut *guard;
+            while let Some(current) = st.pop_finished(Some(before)) {
+                removed += u64::from(current);
+            }
+            let evicted = self.settle(shard, st, now);
+            drop(guard);
+            drop(evicted);
         }
-        let evicted = self.settle(st, now);
-        drop(guard);
-        drop(evicted);
         Ok(removed)
     }
 
     fn backlog(&self) -> Option<u64> {
-        Some(self.backlog.load(Ordering::Relaxed))
+        Some(self.shards.iter().map(|s| s.open.load(Ordering::Relaxed)).sum())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventParts;
+    use crate::topic::Pattern;
 
     /// Slot generations for the index alone: `None` is an empty slot.
     struct Gens(Vec<Option<u32>>);
@@ -1673,5 +2096,197 @@ mod tests {
         index.put(spot, again, 7, 1);
         assert_eq!(index.get(&again, &slab), Some(7));
         assert_eq!(index.len(), 2);
+    }
+
+    /// A fresh event, as the runtime makes one, on topic `t.x`, due now by the store's clock (a
+    /// `MemoryStore::new` clock).
+    fn fresh(priority: Priority, key: Option<&str>) -> Event {
+        let mut parts = EventParts::new(Topic::new("t.x").unwrap(), "1");
+        let now = Timestamp::from_millis(parts.published_at.as_millis() - 5);
+        (parts.published_at, parts.deliver_at) = (now, now);
+        parts.priority = priority;
+        parts.key = key.map(str::to_owned);
+        Event::from_parts_replying(parts, None, true)
+    }
+
+    /// Runs `f` on a thread of its own whose shard is `home` (modulo the shard count) and returns
+    /// its result.
+    fn on_a_thread<T: Send + 'static>(home: usize, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            HOME.with(|h| h.set(home));
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(f)
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Events published from several threads land in several shards; every call that reads or
+    /// changes them by id, key, page or lease sees all of them.
+    #[tokio::test]
+    async fn a_sharded_store_answers_for_every_shard() {
+        let store = Arc::new(MemoryStore::builder().shards(4).build());
+        let name = SubscriptionName::new("s").unwrap();
+        let spec = SubscriptionSpec {
+            name: name.clone(),
+            pattern: Pattern::new("t.*").unwrap(),
+        };
+        store.declare(&spec).await.unwrap();
+        let mut ids = Vec::new();
+        let mut keyed = Vec::new();
+        for home in 0..4 {
+            let store = store.clone();
+            let (mine, key) = on_a_thread(home, async move {
+                let mut mine = Vec::new();
+                for _ in 0..50 {
+                    mine.push(store.publish_one(fresh(Priority::NORMAL, None)).await.unwrap().id());
+                }
+                (
+                    mine,
+                    store.publish_one(fresh(Priority::NORMAL, Some("k"))).await.unwrap(),
+                )
+            });
+            ids.extend(mine);
+            keyed.push(key);
+        }
+        assert_eq!(
+            store
+                .shards
+                .iter()
+                .filter(|s| s.open.load(Ordering::Relaxed) > 0)
+                .count(),
+            4
+        );
+        // One key, one event: the three later publishes name the first.
+        let holder = keyed[0].id();
+        assert!(matches!(keyed[0], Published::Stored { .. }));
+        assert!(keyed[1..].iter().all(|p| *p == Published::Duplicate { id: holder }));
+        ids.push(holder);
+        // The same event again, from another thread: a duplicate, not a second copy.
+        let again = store.get(ids[0]).await.unwrap().unwrap().event;
+        let copy = Event::from_parts(again.into_parts());
+        let store2 = store.clone();
+        let republished = on_a_thread(1, async move { store2.publish_one(copy).await.unwrap() });
+        assert_eq!(republished, Published::Duplicate { id: ids[0] });
+
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.events, stats.deliveries.pending), (201, 201));
+        assert_eq!(store.backlog(), Some(201));
+        // Pages merge the shards newest first, every event once.
+        let mut paged = Vec::new();
+        let mut page = PageRequest::first(50);
+        loop {
+            let got = store.query(&EventFilter::default(), page).await.unwrap();
+            paged.extend(got.items.iter().map(|r| r.event.id()));
+            match got.next {
+                Some(after) => page = PageRequest::after(after, 50),
+                None => break,
+            }
+        }
+        let mut expected = ids.clone();
+        expected.sort();
+        expected.reverse();
+        assert_eq!(paged, expected);
+        let by_key = EventFilter {
+            key: Some("k".into()),
+            ..EventFilter::default()
+        };
+        let found = store.query(&by_key, PageRequest::first(10)).await.unwrap();
+        assert_eq!(
+            found.items.iter().map(|r| r.event.id()).collect::<Vec<_>>(),
+            vec![holder]
+        );
+
+        // A cancel finds its event's shard.
+        assert_eq!(
+            store.cancel(ids[77], CancelAs::Cancelled).await.unwrap(),
+            Cancelled::Ended(1)
+        );
+        assert_eq!(
+            store.cancel(EventId::new(), CancelAs::Cancelled).await.unwrap(),
+            Cancelled::NotFound
+        );
+        // One claim takes from every shard; one batch of outcomes completes in every shard.
+        let claimed = store.claim(&name, 1000, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 200);
+        let leases: Vec<Lease> = claimed.iter().map(|c| c.lease).collect();
+        let extended = store.extend(&leases, Duration::from_secs(60)).await.unwrap();
+        assert!(extended.iter().all(|&held| held));
+        let now = store.clock().now();
+        let outcomes = claimed
+            .iter()
+            .map(|c| Outcome {
+                lease: c.lease,
+                finished_at: now,
+                verdict: Verdict::Succeeded { reply: None },
+            })
+            .collect();
+        let done = store.complete(outcomes).await.unwrap();
+        assert!(done.iter().all(|c| *c == Completion::Applied));
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.deliveries.succeeded, stats.deliveries.cancelled), (200, 1));
+        assert_eq!(store.backlog(), Some(0));
+        assert_eq!(
+            store.get(ids[150]).await.unwrap().unwrap().deliveries[0].status,
+            DeliveryStatus::Succeeded
+        );
+    }
+
+    /// A claim starts with the shard whose most urgent ready delivery is the most urgent, not
+    /// with its own thread's.
+    #[tokio::test]
+    async fn a_claim_takes_the_most_urgent_shard_first() {
+        let store = Arc::new(MemoryStore::builder().shards(2).build());
+        let name = SubscriptionName::new("s").unwrap();
+        let spec = SubscriptionSpec {
+            name: name.clone(),
+            pattern: Pattern::new("t.*").unwrap(),
+        };
+        store.declare(&spec).await.unwrap();
+        let (a, b) = (store.clone(), store.clone());
+        // Two threads, two shards (threads take shards in turn).
+        let low = on_a_thread(0, async move {
+            a.publish_one(fresh(Priority::LOW, None)).await.unwrap().id()
+        });
+        let critical = on_a_thread(1, async move {
+            b.publish_one(fresh(Priority::CRITICAL, None)).await.unwrap().id()
+        });
+        assert_eq!(
+            store
+                .shards
+                .iter()
+                .filter(|s| s.open.load(Ordering::Relaxed) > 0)
+                .count(),
+            2
+        );
+        // From the low one's shard.
+        for expected in [critical, low] {
+            let store = store.clone();
+            let name = name.clone();
+            let got = on_a_thread(0, async move {
+                store.claim(&name, 1, Duration::from_secs(30)).await.unwrap()
+            });
+            assert_eq!(got.iter().map(|c| c.event.id()).collect::<Vec<_>>(), vec![expected]);
+        }
+    }
+
+    /// Retention counts the finished events of every shard.
+    #[tokio::test]
+    async fn retention_counts_every_shard() {
+        let store = Arc::new(MemoryStore::builder().shards(2).retain_max(10).build());
+        for home in 0..2 {
+            let store = store.clone();
+            // Nothing is subscribed: each event is finished (unrouted) as it is published.
+            on_a_thread(home, async move {
+                for _ in 0..20 {
+                    store.publish_one(fresh(Priority::NORMAL, None)).await.unwrap();
+                }
+            });
+        }
+        let stats = store.stats().await.unwrap();
+        assert!(stats.events <= 11, "{} events kept of a limit of 10", stats.events);
+        assert!(stats.events >= 10);
     }
 }
