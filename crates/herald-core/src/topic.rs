@@ -80,27 +80,17 @@ fn invalid(kind: &'static str, name: &str, reason: &'static str) -> TopicError {
 /// assert!(err.to_string().starts_with("topic 'Order Paid' is invalid: use lowercase dotted names"));
 /// # Ok::<(), herald_core::TopicError>(())
 /// ```
-#[derive(Clone, Eq, PartialOrd, Ord)]
-pub struct Topic(Arc<str>);
-
-impl Topic {
-    /// Whether both are the same allocation (an interned topic and its clones): equal without a
-    /// look at their bytes, though equal topics need not be the same.
-    pub(crate) fn same(&self, other: &Topic) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-// Shared names (interned, or clones of one) are equal without comparing their bytes.
-impl PartialEq for Topic {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
+///
+/// A topic of up to 23 bytes is kept inline, as subscription names are: every event carries its
+/// topic, and a shared count that the publishing thread raises and another thread lowers when it
+/// drops the event moved a line between cores for every event.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Topic(smol_str::SmolStr);
 
 impl std::hash::Hash for Topic {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        // As a `str`, which it borrows as.
+        self.0.as_str().hash(state);
     }
 }
 
@@ -111,41 +101,41 @@ impl Topic {
         if !name.split('.').all(valid_segment) {
             return Err(invalid("topic", name, SEGMENT_RULE));
         }
-        Ok(Topic(Arc::from(name)))
+        Ok(Topic(smol_str::SmolStr::new(name)))
     }
 
     /// The topic as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 
     /// Its dot-separated segments.
     pub fn segments(&self) -> impl Iterator<Item = &str> {
-        self.0.split('.')
+        self.0.as_str().split('.')
     }
 }
 
 impl Borrow<str> for Topic {
     fn borrow(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl AsRef<str> for Topic {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.0.as_str())
     }
 }
 
 impl fmt::Debug for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Topic({:?})", &*self.0)
+        write!(f, "Topic({:?})", self.0.as_str())
     }
 }
 
@@ -165,7 +155,7 @@ impl TryFrom<&str> for Topic {
 
 impl Serialize for Topic {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.0.as_str())
     }
 }
 
@@ -288,7 +278,7 @@ impl From<Topic> for Pattern {
     fn from(t: Topic) -> Self {
         let segments: Vec<Segment> = t.segments().map(|s| Segment::Literal(s.into())).collect();
         Pattern {
-            raw: t.0,
+            raw: Arc::from(t.as_str()),
             segments: segments.into(),
         }
     }

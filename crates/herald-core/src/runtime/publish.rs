@@ -902,7 +902,7 @@ impl Inner {
                 }
             };
             let found = match &c.last {
-                Some((last, found)) if last.same(topic) => *found,
+                Some((last, found)) if last == topic => *found,
                 _ => {
                     let found = c
                         .subs

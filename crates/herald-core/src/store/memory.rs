@@ -34,6 +34,9 @@ pub struct MemoryStoreBuilder {
     shards: Option<usize>,
 }
 
+/// Up to this many open deliveries, a shard's backlog is always exact (see `MemoryStore::settle`).
+const BACKLOG_EXACT: u64 = 1024;
+
 /// The most shards a memory store has: a delivery's lease token names its shard in three bits.
 const MAX_SHARDS: usize = 8;
 
@@ -268,9 +271,11 @@ impl MemoryStore {
         state.enforce_retention(now, &self.finished);
         let shard = &self.shards[i];
         // Written only when they change: other threads read them, at every publish for the
-        // backlog.
+        // backlog. A large backlog is written when it has moved by a sixty-fourth, so that the
+        // publishers of other threads do not miss this line at every publish.
         let open = state.counts.open();
-        if shard.open.load(Ordering::Relaxed) != open {
+        let shown = shard.open.load(Ordering::Relaxed);
+        if open != shown && (open.min(shown) < BACKLOG_EXACT || open.abs_diff(shown) >= open / 64) {
             shard.open.store(open, Ordering::Relaxed);
         }
         if self.shards.len() > 1 {
