@@ -233,10 +233,13 @@ pub(crate) async fn work(inner: Arc<Inner>) {
         match next(&inner, &mut claimed, &mut subs).await {
             Next::Run(job) => {
                 let mut job = job;
+                // When the last attempt ended, while nothing else has run since: the next one
+                // starts then (a clock read is a measurable part of a quick attempt).
+                let mut now = None;
                 loop {
                     // Awaited here rather than through a helper: every level of `async fn` moves
                     // the future below it once more.
-                    if let Some(finished) = worker::run(&inner, job, &mut deferred).await {
+                    if let Some(finished) = worker::run(&inner, job, &mut deferred, &mut now).await {
                         deferred.push(finished);
                     }
                     if deferred.len() >= DEFER_MAX {
@@ -245,7 +248,9 @@ pub(crate) async fn work(inner: Arc<Inner>) {
                     let queued = inner.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                     let Some(queued) = queued else { break };
                     job = queued;
-                    tokio::task::consume_budget().await;
+                    if yielded(tokio::task::consume_budget()).await {
+                        now = None;
+                    }
                 }
                 record_all(&inner, &mut deferred).await;
                 continue;
@@ -271,6 +276,19 @@ pub(crate) async fn work(inner: Arc<Inner>) {
             return;
         }
     }
+}
+
+/// Awaits `fut`; returns whether it gave the thread up (returned `Pending`) on the way.
+async fn yielded(fut: impl std::future::Future<Output = ()>) -> bool {
+    let mut fut = std::pin::pin!(fut);
+    let mut gave_up = false;
+    std::future::poll_fn(|cx| {
+        let poll = fut.as_mut().poll(cx);
+        gave_up |= poll.is_pending();
+        poll
+    })
+    .await;
+    gave_up
 }
 
 /// The next delivery to run: a queued one, or the first of a new claim.

@@ -24,6 +24,7 @@ use super::{Answer, DeadLetter, Herald, Inner, DEAD_LETTER_TOPIC};
 use crate::event::EventId;
 use crate::handler::{AttemptResult, Context};
 use crate::store::{Claimed, Completion, ImmediateStore, Lease, Outcome, StoreError, Verdict};
+use crate::time::Timestamp;
 
 /// How an attempt ended, before it is judged against the policy.
 enum Ended {
@@ -108,14 +109,22 @@ fn attempt_span(job: &Job) -> tracing::Span {
 ///
 /// `deferred` holds the outcomes its worker has kept back (see `pool::work`): they are recorded
 /// before the attempt waits for anything.
-pub(crate) async fn run(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> Option<Finished> {
+///
+/// `now`: the clock as the worker's last attempt ended, if nothing has run in between (the
+/// attempt starts then, without a clock read); set to when this one ended.
+pub(crate) async fn run(
+    inner: &Arc<Inner>,
+    job: Job,
+    deferred: &mut Vec<Finished>,
+    now: &mut Option<(Instant, Timestamp)>,
+) -> Option<Finished> {
     let span = attempt_span(&job);
     // Without a subscriber that wants the span, the attempt is not wrapped: wrapping moves its
     // (large) future once more.
     let finished = if span.is_disabled() {
-        attempt(inner, job, deferred).await
+        attempt(inner, job, deferred, now).await
     } else {
-        attempt(inner, job, deferred).instrument(span).await
+        attempt(inner, job, deferred, now).instrument(span).await
     };
     if finished.is_none() {
         inner.in_flight.finish();
@@ -123,13 +132,21 @@ pub(crate) async fn run(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finishe
     finished
 }
 
-async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> Option<Finished> {
+async fn attempt(
+    inner: &Arc<Inner>,
+    job: Job,
+    deferred: &mut Vec<Finished>,
+    now: &mut Option<(Instant, Timestamp)>,
+) -> Option<Finished> {
     let Job { claimed, slot } = job;
     // Borrowed, not cloned: every worker clones and drops the same count otherwise.
     let sub = &*slot.sub;
-    // One clock read for the start: the tokio instant gives the timestamp too.
-    let started = Instant::now();
-    let started_at = inner.clock.reading_at(started);
+    // One clock read for the start (the tokio instant gives the timestamp too), or none when the
+    // worker's last attempt ended just now.
+    let (started, started_at) = now.take().unwrap_or_else(|| {
+        let started = Instant::now();
+        (started, inner.clock.reading_at(started))
+    });
     // Claimed ahead of a free worker, it may have waited in the queue: a lease more than half
     // spent is renewed before the handler starts, and a lease lost meanwhile gives the delivery up
     // to the claim that took it.
@@ -161,7 +178,7 @@ async fn attempt(inner: &Arc<Inner>, job: Job, deferred: &mut Vec<Finished>) -> 
             }
         }
     };
-    conclude(inner, &slot, claimed, ended, started)
+    conclude(inner, &slot, claimed, ended, started, now)
 }
 
 /// The start of an attempt: its lateness, its context, and the handler called (its future, or
@@ -193,12 +210,21 @@ fn begin(
 
 /// The end of an attempt: frees its slot, records its metrics and judges it. `None` when the lease
 /// went to another claim, which owns the outcome.
+/// `now` is set to when it ended.
 #[inline(always)]
-fn conclude(inner: &Inner, slot: &Slot, claimed: Claimed, ended: Ended, started: Instant) -> Option<Finished> {
+fn conclude(
+    inner: &Inner,
+    slot: &Slot,
+    claimed: Claimed,
+    ended: Ended,
+    started: Instant,
+    now: &mut Option<(Instant, Timestamp)>,
+) -> Option<Finished> {
     slot.free();
     let sub = &*slot.sub;
     let ended_at = Instant::now();
     let finished_at = inner.clock.reading_at(ended_at);
+    *now = Some((ended_at, finished_at));
     let took = ended_at.saturating_duration_since(started);
     sub.metrics.handle_time.record(took.as_secs_f64());
     // Written only when it changes: every worker reads it, and a write takes the line from them.
@@ -268,7 +294,7 @@ async fn first_poll(inner: &Arc<Inner>, job: Job, started: Instant, span: tracin
                 let inner = inner.clone();
                 let rest = async move {
                     let ended = supervise(&inner, &slot.sub, &claimed, fut, started, deadline).await;
-                    let finished = conclude(&inner, &slot, claimed, ended, started);
+                    let finished = conclude(&inner, &slot, claimed, ended, started, &mut None);
                     freed(&inner, &slot.sub);
                     match finished {
                         Some(done) => super::pool::record_one(&inner, done).await,
@@ -279,7 +305,7 @@ async fn first_poll(inner: &Arc<Inner>, job: Job, started: Instant, span: tracin
             }
         },
     };
-    let finished = conclude(inner, &slot, claimed, ended, started);
+    let finished = conclude(inner, &slot, claimed, ended, started, &mut None);
     freed(inner, &slot.sub);
     RanHere::Ended(finished)
 }
