@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::time::Timestamp;
 use crate::topic::Topic;
 
-/// A UUIDv7: 48 bits of Unix milliseconds, a 12-bit sequence that keeps the ids of each thread
-/// monotonic, and 62 random bits from a thread-local generator. (`Uuid::now_v7` asks the operating
+/// A UUIDv7: 48 bits of Unix milliseconds, a 12-bit sequence that keeps ids monotonic within the
+/// process, and 62 random bits from a thread-local generator. (`Uuid::now_v7` asks the operating
 /// system for randomness on every call, which showed up as a tenth of the bus's time.)
 fn new_v7() -> Uuid {
     let now_ms = SystemTime::now()
@@ -25,21 +25,17 @@ fn new_v7() -> Uuid {
 
 /// A UUIDv7 for the Unix milliseconds `now_ms` (as a [`Clock`](crate::Clock) read it: the
 /// runtime and the stores have just read theirs, and a clock read is a measurable part of an id).
-///
-/// The sequence is per thread: one shared by the process was a line that every publishing thread
-/// wrote for every event. Ids made on two threads in the same millisecond may share time and
-/// sequence; their 62 random bits keep them apart (as they do across processes), and they are
-/// ordered by time to the millisecond.
 fn v7_at(now_ms: u64) -> Uuid {
-    thread_local! {
-        static LAST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
+    static LAST: AtomicU64 = AtomicU64::new(0);
     let now_ms = now_ms & ((1 << 48) - 1);
-    let stamp = LAST.with(|last| {
-        let next = (now_ms << 12).max(last.get() + 1);
-        last.set(next);
-        next
-    });
+    let mut prev = LAST.load(Ordering::Relaxed);
+    let stamp = loop {
+        let next = (now_ms << 12).max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(p) => prev = p,
+        }
+    };
     let (ms, seq) = (stamp >> 12, stamp & 0xfff);
     let high = (ms << 16) | 0x7000 | seq;
     let low = (fastrand::u64(..) >> 2) | 0x8000_0000_0000_0000;
