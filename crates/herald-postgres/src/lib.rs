@@ -530,7 +530,7 @@ impl Db {
         for e in &unique {
             ids.push(e.id().as_uuid());
             topics.push(e.topic().as_str());
-            payloads.push(&e.payload()[..]);
+            payloads.push(e.payload());
             content_types.push(Some(e.content_type()).filter(|c| *c != herald_core::JSON));
             sources.push(e.source());
             headers.push(codec::headers_text(e.headers()));

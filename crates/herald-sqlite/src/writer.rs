@@ -766,7 +766,7 @@ impl State {
                 let content_type = Some(event.content_type()).filter(|c| *c != herald_core::JSON);
                 stmt.raw_bind_parameter(p + 1, &event.id().as_uuid().as_bytes()[..])?;
                 stmt.raw_bind_parameter(p + 2, event.topic().as_str())?;
-                stmt.raw_bind_parameter(p + 3, &event.payload()[..])?;
+                stmt.raw_bind_parameter(p + 3, event.payload())?;
                 bind_some(&mut stmt, p + 4, content_type)?;
                 bind_some(&mut stmt, p + 5, event.source())?;
                 bind_some(&mut stmt, p + 6, codec::headers_text(event.headers()))?;

@@ -18,7 +18,7 @@ use super::subscribe::LocalSub;
 use super::worker::{self, RanHere};
 use super::{Answer, Herald, Inner};
 use crate::error::{PublishError, RequestError};
-use crate::event::{encode_json, Event, EventId, EventParts, Headers, Priority, ReplyTo};
+use crate::event::{encode_json_body, Body, Event, EventId, EventParts, Headers, Priority, ReplyTo};
 use crate::store::{CancelAs, ImmediateStore, PublishClaim, Published, Verdict};
 use crate::time::Timestamp;
 use crate::topic::Topic;
@@ -50,7 +50,7 @@ enum When {
 #[must_use = "a message does nothing until it is published"]
 pub struct Message {
     topic: MessageTopic,
-    payload: Result<Bytes, String>,
+    payload: Result<Body, String>,
     content_type: Option<String>,
     priority: Priority,
     when: When,
@@ -91,7 +91,7 @@ impl Message {
     }
 
     fn json_to<T: Serialize + ?Sized>(topic: MessageTopic, payload: &T) -> Self {
-        let payload = encode_json(payload).map_err(|e| e.to_string());
+        let payload = encode_json_body(payload).map_err(|e| e.to_string());
         Self::with_payload(topic, payload, None)
     }
 
@@ -99,12 +99,12 @@ impl Message {
     pub fn bytes(topic: impl Into<String>, payload: impl Into<Bytes>, content_type: impl Into<String>) -> Self {
         Self::with_payload(
             MessageTopic::Name(topic.into()),
-            Ok(payload.into()),
+            Ok(Body::from(payload.into())),
             Some(content_type.into()),
         )
     }
 
-    fn with_payload(topic: MessageTopic, payload: Result<Bytes, String>, content_type: Option<String>) -> Self {
+    fn with_payload(topic: MessageTopic, payload: Result<Body, String>, content_type: Option<String>) -> Self {
         Message {
             topic,
             payload,
@@ -185,7 +185,8 @@ impl Message {
         let parts = EventParts {
             id: self.id.unwrap_or_else(|| EventId::new_at(now)),
             topic,
-            payload,
+            // The body goes in whole below.
+            payload: Bytes::new(),
             content_type: self.content_type,
             source: self.source,
             headers: self.headers,
@@ -197,7 +198,7 @@ impl Message {
             reply_to: None,
         };
         Ok((
-            Event::from_parts_replying(parts, self.reply_to.as_ref(), fresh),
+            Event::from_parts_replying(parts, self.reply_to.as_ref(), fresh, Some(payload)),
             published,
         ))
     }

@@ -2111,7 +2111,7 @@ mod tests {
         (parts.published_at, parts.deliver_at) = (now, now);
         parts.priority = priority;
         parts.key = key.map(str::to_owned);
-        Event::from_parts_replying(parts, None, true)
+        Event::from_parts_replying(parts, None, true, None)
     }
 
     /// Runs `f` on a thread of its own whose shard is `home` (modulo the shard count) and returns

@@ -129,8 +129,12 @@ pub trait ImmediateStore: Send + Sync {
     /// let name = SubscriptionName::new("render")?;
     /// store.declare(&SubscriptionSpec { name: name.clone(), pattern: Pattern::new("invoice.*")? }).await?;
     /// let direct = store.immediate().ok_or("the memory store never waits")?;
-    /// let event = Event::from_parts(EventParts::new(Topic::new("invoice.render")?, "7"));
-    /// match direct.publish_claim_now(event, store.clock().now(), None, &name, Duration::from_secs(30))? {
+    /// // Due now by the store's clock (the system clock may read a millisecond ahead of it).
+    /// let now = store.clock().now();
+    /// let mut parts = EventParts::new(Topic::new("invoice.render")?, "7");
+    /// (parts.published_at, parts.deliver_at) = (now, now);
+    /// let event = Event::from_parts(parts);
+    /// match direct.publish_claim_now(event, now, None, &name, Duration::from_secs(30))? {
     ///     PublishClaim::Claimed(_, claimed) => assert_eq!(claimed.attempt, 1),
     ///     other => panic!("nothing was due before it: {other:?}"),
     /// }

@@ -130,7 +130,7 @@ pub(crate) async fn deliver(
     event: &Event,
     ctx: &Context,
 ) -> Result<Box<RawValue>, HandlerError> {
-    let body = event.payload().clone();
+    let body = event.payload_bytes();
     let timestamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
