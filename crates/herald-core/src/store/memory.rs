@@ -2128,17 +2128,32 @@ mod tests {
         .unwrap()
     }
 
-    /// Events published from several threads land in several shards; every call that reads or
-    /// changes them by id, key, page or lease sees all of them.
-    #[tokio::test]
-    async fn a_sharded_store_answers_for_every_shard() {
-        let store = Arc::new(MemoryStore::builder().shards(4).build());
+    /// How many shards hold open deliveries.
+    fn shards_in_use(store: &MemoryStore) -> usize {
+        store
+            .shards
+            .iter()
+            .filter(|s| s.open.load(Ordering::Relaxed) > 0)
+            .count()
+    }
+
+    /// A store of `shards` shards with the subscription `s` to `t.*`.
+    async fn subscribed(shards: usize) -> (Arc<MemoryStore>, SubscriptionName) {
+        let store = Arc::new(MemoryStore::builder().shards(shards).build());
         let name = SubscriptionName::new("s").unwrap();
         let spec = SubscriptionSpec {
             name: name.clone(),
             pattern: Pattern::new("t.*").unwrap(),
         };
         store.declare(&spec).await.unwrap();
+        (store, name)
+    }
+
+    /// Events published from several threads land in several shards; every call that reads or
+    /// changes them by id, key, page or lease sees all of them.
+    #[tokio::test]
+    async fn a_sharded_store_answers_for_every_shard() {
+        let (store, name) = subscribed(4).await;
         let mut ids = Vec::new();
         let mut keyed = Vec::new();
         for home in 0..4 {
@@ -2156,14 +2171,7 @@ mod tests {
             ids.extend(mine);
             keyed.push(key);
         }
-        assert_eq!(
-            store
-                .shards
-                .iter()
-                .filter(|s| s.open.load(Ordering::Relaxed) > 0)
-                .count(),
-            4
-        );
+        assert_eq!(shards_in_use(&store), 4);
         // One key, one event: the three later publishes name the first.
         let holder = keyed[0].id();
         assert!(matches!(keyed[0], Published::Stored { .. }));
@@ -2243,13 +2251,7 @@ mod tests {
     /// with its own thread's.
     #[tokio::test]
     async fn a_claim_takes_the_most_urgent_shard_first() {
-        let store = Arc::new(MemoryStore::builder().shards(2).build());
-        let name = SubscriptionName::new("s").unwrap();
-        let spec = SubscriptionSpec {
-            name: name.clone(),
-            pattern: Pattern::new("t.*").unwrap(),
-        };
-        store.declare(&spec).await.unwrap();
+        let (store, name) = subscribed(2).await;
         let (a, b) = (store.clone(), store.clone());
         // Two threads, two shards (threads take shards in turn).
         let low = on_a_thread(0, async move {
@@ -2258,14 +2260,7 @@ mod tests {
         let critical = on_a_thread(1, async move {
             b.publish_one(fresh(Priority::CRITICAL, None)).await.unwrap().id()
         });
-        assert_eq!(
-            store
-                .shards
-                .iter()
-                .filter(|s| s.open.load(Ordering::Relaxed) > 0)
-                .count(),
-            2
-        );
+        assert_eq!(shards_in_use(&store), 2);
         // From the low one's shard.
         for expected in [critical, low] {
             let store = store.clone();
