@@ -592,6 +592,14 @@ impl Event {
 
     /// Its payload as `Bytes`: shared with the event when it is longer than 23 bytes, a copy when
     /// the event keeps it inline.
+    ///
+    /// ```
+    /// use herald_core::{Event, EventParts, Topic};
+    /// let event = Event::from_parts(EventParts::new(Topic::new("report.ready")?, vec![7u8; 100]));
+    /// let body: bytes::Bytes = event.payload_bytes();
+    /// assert_eq!(&body[..], event.payload());
+    /// # Ok::<(), herald_core::TopicError>(())
+    /// ```
     pub fn payload_bytes(&self) -> Bytes {
         self.0.payload.to_bytes()
     }
