@@ -238,6 +238,18 @@ impl MemoryStore {
         if let Some(id) = self.held_elsewhere(&event, i) {
             return Published::Duplicate { id };
         }
+        self.insert_into(i, event, first_id, now, wake)
+    }
+
+    /// Stores `event` in shard `i` (see `State::insert`), in one hold of its lock.
+    fn insert_into(
+        &self,
+        i: usize,
+        event: Event,
+        first_id: Option<DeliveryId>,
+        now: Timestamp,
+        wake: &mut Announce,
+    ) -> Published {
         let mut guard = self.lock(i);
         let st = &mut *guard;
         let (out, _) = st.insert(event, first_id, now, wake);
@@ -1426,25 +1438,32 @@ impl MemoryStore {
         Ok(())
     }
 
-    /// The shards a claim visits, in order: this thread's first, unless another has a more urgent
-    /// delivery ready; then the others that may have work at `now`. A shard with deliveries of
-    /// `subscription` that have come due is brought up to date first, so that their priorities
-    /// count.
-    fn claim_order(&self, subscription: &SubscriptionName, now: Timestamp) -> impl Iterator<Item = usize> + '_ {
-        let n = self.shards.len();
-        for (i, shard) in self.shards.iter().enumerate() {
-            if n > 1 && shard.timer.load(Ordering::SeqCst) <= now.as_millis() {
-                let mut guard = self.lock(i);
-                let st = &mut *guard;
-                if let Ok(sub) = st.sub_index(subscription) {
-                    st.reclaim(sub, now);
-                    st.promote(sub, now);
-                }
-                let evicted = self.settle(i, st, now);
-                drop(guard);
-                drop(evicted);
-            }
+    /// With more than one shard: in each shard where a delivery or a lease may have come due at
+    /// `now`, brings `subscription`'s up to date, so that their priorities count in `claim_order`.
+    fn promote_come_due(&self, subscription: &SubscriptionName, now: Timestamp) {
+        if self.shards.len() == 1 {
+            return;
         }
+        for (i, shard) in self.shards.iter().enumerate() {
+            if shard.timer.load(Ordering::SeqCst) > now.as_millis() {
+                continue;
+            }
+            let mut guard = self.lock(i);
+            let st = &mut *guard;
+            if let Ok(sub) = st.sub_index(subscription) {
+                st.reclaim(sub, now);
+                st.promote(sub, now);
+            }
+            let evicted = self.settle(i, st, now);
+            drop(guard);
+            drop(evicted);
+        }
+    }
+
+    /// The shards a claim visits, in order: this thread's first, unless another has a more urgent
+    /// delivery ready; then the others that may have work at `now`.
+    fn claim_order(&self, now: Timestamp) -> impl Iterator<Item = usize> + '_ {
+        let n = self.shards.len();
         let home = self.home();
         let urgent = (0..n)
             .filter(|&i| i != home)
@@ -1512,19 +1531,12 @@ impl ImmediateStore for MemoryStore {
         // Most events have one delivery: its id is made before the lock, to hold it shorter.
         let first_id = DeliveryId::for_event(event.id());
         let (i, ask_others) = self.place(&event);
-        if ask_others {
-            let mut wake = Announce::default();
-            let out = self.publish_checked(i, event, Some(first_id), now, &mut wake);
-            self.announce(wake, now, handled_by);
-            return Ok(out);
-        }
-        let mut guard = self.lock(i);
-        let st = &mut *guard;
         let mut wake = Announce::default();
-        let (out, _) = st.insert(event, Some(first_id), now, &mut wake);
-        let evicted = self.settle(i, st, now);
-        drop(guard);
-        drop(evicted);
+        let out = if ask_others {
+            self.publish_checked(i, event, Some(first_id), now, &mut wake)
+        } else {
+            self.insert_into(i, event, Some(first_id), now, &mut wake)
+        };
         self.announce(wake, now, handled_by);
         Ok(out)
     }
@@ -1605,7 +1617,8 @@ impl ImmediateStore for MemoryStore {
         let now = self.clock.now();
         let lease_until = now + lease;
         let first = into.len();
-        for i in self.claim_order(subscription, now) {
+        self.promote_come_due(subscription, now);
+        for i in self.claim_order(now) {
             let taken = into.len() - first;
             if taken >= max {
                 break;
