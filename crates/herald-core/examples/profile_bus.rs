@@ -110,13 +110,20 @@ async fn throughput(herald: &Herald, n: u64) {
             })
         })
         .collect();
+    let start = Instant::now();
     for p in publishers {
         p.await.unwrap();
     }
+    let published = start.elapsed();
+    let handled_then = count.load(Ordering::Acquire);
     let notified = done.notified();
     if count.load(Ordering::Acquire) < n {
         notified.await;
     }
+    eprintln!(
+        "publishers done after {published:?} with {handled_then} handled; the rest took {:?}",
+        start.elapsed() - published
+    );
 }
 
 async fn request_reply(herald: &Herald, n: u64) {

@@ -8,6 +8,7 @@ pub mod cron;
 mod error;
 mod event;
 mod handler;
+mod home;
 mod metrics;
 mod retry;
 mod runtime;

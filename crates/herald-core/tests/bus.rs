@@ -1304,3 +1304,51 @@ async fn an_outcome_kept_back_is_recorded_before_the_worker_waits() {
     assert_eq!(next(&mut rx).await, 2);
     assert_eq!(settle(&herald, ids[1]).await.status, EventStatus::Succeeded);
 }
+
+/// A publish spends tokio's cooperative budget, as a send on a tokio channel does: a task that
+/// publishes in a loop on a one-thread runtime gives the thread to the workers now and then, so
+/// handling goes along with publishing instead of waiting for the loop to end. The same holds
+/// for batches and requests.
+#[tokio::test]
+async fn a_publishing_loop_lets_the_workers_run() {
+    let herald = bus().await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(tokio::sync::Notify::new());
+    let (h, a) = (handled.clone(), all.clone());
+    herald
+        .subscribe("count", "tick.*")
+        .handle(move |_: u64, _ctx: Context| {
+            let (h, a) = (h.clone(), a.clone());
+            async move {
+                if h.fetch_add(1, Ordering::SeqCst) + 1 == 3_000 {
+                    a.notify_one();
+                }
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    for n in 0..1_000u64 {
+        herald.publish("tick.one", &n).await.unwrap();
+    }
+    let during_publishes = handled.load(Ordering::SeqCst);
+    for chunk in 0..1_000u64 {
+        herald
+            .publish_batch((0..2).map(|k| Message::json("tick.batch", &(chunk * 2 + k))))
+            .await
+            .unwrap();
+    }
+    let during_batches = handled.load(Ordering::SeqCst) - during_publishes;
+    assert!(
+        during_publishes >= 500,
+        "only {during_publishes} of 1000 events were handled while they were published one by one"
+    );
+    assert!(
+        during_batches >= 1_000,
+        "only {during_batches} of 2000 events were handled while they were published in batches"
+    );
+    timeout(Duration::from_secs(60), all.notified())
+        .await
+        .expect("every event handled within a minute");
+    assert_eq!(handled.load(Ordering::SeqCst), 3_000);
+}

@@ -41,6 +41,20 @@ use crate::topic::{SubscriptionName, Topic};
 
 use subscribe::LocalSub;
 
+/// A value on cache lines of its own (two: the adjacent-line prefetcher pairs them), so that
+/// writes to it do not take from other cores the lines of what they read beside it.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The topic herald publishes to when a delivery dies; the payload is a [`DeadLetter`].
 pub const DEAD_LETTER_TOPIC: &str = "herald.event.dead";
 /// The topic herald publishes to when it starts; the payload is a [`Lifecycle`].

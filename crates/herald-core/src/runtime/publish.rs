@@ -311,6 +311,8 @@ impl Inner {
         messages: Vec<Message>,
         room: Room,
     ) -> Result<Vec<Published>, PublishError> {
+        // A unit of the cooperative budget per batch (see `PublishFuture`).
+        tokio::task::consume_budget().await;
         self.reserve(room).await?;
         let now = self.clock.now();
         let mut events = Vec::with_capacity(messages.len());
@@ -488,6 +490,11 @@ impl<'a> IntoFuture for Publish<'a> {
 /// poll, with nothing allocated for the future itself; otherwise it goes through the store's
 /// future.
 ///
+/// A publish spends a unit of tokio's [cooperative budget](tokio::task::coop), as a send on a
+/// tokio channel does: a task that publishes in a loop yields its thread now and then (every 128
+/// publishes by default), so that the workers, the timer and other tasks on that thread run
+/// meanwhile. `publish_batch` and `request` spend one unit each too.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
 /// use herald_core::Herald;
@@ -528,6 +535,15 @@ impl Future for PublishFuture<'_> {
         loop {
             match std::mem::replace(&mut this.state, PublishState::Done) {
                 PublishState::Start(publish) => {
+                    // A publish spends a unit of tokio's cooperative budget, as a send on a tokio
+                    // channel does: with a store that answers at once, a task publishing in a loop
+                    // would otherwise never give its thread up, and the workers that run what it
+                    // publishes would wait for the whole loop to end.
+                    let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
+                        this.state = PublishState::Start(publish);
+                        return Poll::Pending;
+                    };
+                    coop.made_progress();
                     let Publish { herald, message, room } = publish;
                     let inner = &herald.inner;
                     if let Some(store) = inner.store.immediate() {
@@ -707,6 +723,9 @@ impl<'a, R: DeserializeOwned + 'a> IntoFuture for Request<'a, R> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            // A quick handler may answer in this task without a wait: a unit of the cooperative
+            // budget per request, as per publish (see `PublishFuture`).
+            tokio::task::consume_budget().await;
             let inner = &self.herald.inner;
             if !inner.has_room(Room::Wait)? {
                 Box::pin(inner.reserve(Room::Wait)).await?;

@@ -62,7 +62,8 @@ impl MemoryStoreBuilder {
     /// Splits the store into `n` shards, each behind its own lock (clamped to 1..=8; default: the
     /// machine's parallelism, at most 8).
     ///
-    /// Each thread publishes into a shard of its own, and a worker claims from its own thread's
+    /// Each thread publishes into a shard of its own (a tokio worker thread: the shard of its
+    /// index in the runtime, modulo the shard count), and a worker claims from its own thread's
     /// shard first, so that threads publishing and handling at once do not queue on one lock or
     /// pass one store's memory between their cores. Everything else is the same as with one
     /// shard, except that two orders become per shard:
@@ -164,13 +165,6 @@ impl Shard {
     }
 }
 
-thread_local! {
-    /// This thread's shard number (modulo a store's shard count), given out in turn.
-    static HOME: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
-static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
-
 impl MemoryStore {
     /// A store with the default retention (one hour, 100,000 finished events).
     pub fn new() -> Self {
@@ -193,13 +187,7 @@ impl MemoryStore {
         if n == 1 {
             return 0;
         }
-        let home = HOME.with(|h| {
-            if h.get() == usize::MAX {
-                h.set(NEXT_HOME.fetch_add(1, Ordering::Relaxed));
-            }
-            h.get()
-        });
-        home % n
+        crate::home::number() % n
     }
 
     /// Where `event` goes: this thread's shard. And whether the other shards must first be asked
@@ -1518,6 +1506,10 @@ impl MemoryStore {
 
 /// Nothing in the memory store waits: its hot calls are made without a future.
 impl ImmediateStore for MemoryStore {
+    fn ready_here(&self) -> bool {
+        self.shards[self.home()].ready.load(Ordering::SeqCst) != 0
+    }
+
     fn wakeups_keyed(&self) -> (ListenerKey, BoxStream<'static, Wakeup>) {
         self.wake.subscribe_keyed()
     }
@@ -2131,7 +2123,7 @@ mod tests {
     /// its result.
     fn on_a_thread<T: Send + 'static>(home: usize, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
         std::thread::spawn(move || {
-            HOME.with(|h| h.set(home));
+            crate::home::set_number(home);
             tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap()

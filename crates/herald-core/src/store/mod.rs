@@ -86,6 +86,21 @@ pub enum Wakeup {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait ImmediateStore: Send + Sync {
+    /// Whether the part of the store that this thread publishes into may have ready deliveries;
+    /// `true` (the default) for a store without such parts. A worker that finds nothing ready
+    /// here yields once before it claims, so that what this thread's publishers publish is
+    /// claimed on this thread and not by the others.
+    ///
+    /// ```
+    /// use herald_core::{MemoryStore, Store};
+    ///
+    /// let store = MemoryStore::new();
+    /// assert!(!store.immediate().is_some_and(|s| s.ready_here()), "nothing published yet");
+    /// ```
+    fn ready_here(&self) -> bool {
+        true
+    }
+
     /// [`Store::wakeups`], with the key that names this listener to
     /// [`publish_one_now`](Self::publish_one_now).
     ///
