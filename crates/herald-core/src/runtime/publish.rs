@@ -311,8 +311,12 @@ impl Inner {
         messages: Vec<Message>,
         room: Room,
     ) -> Result<Vec<Published>, PublishError> {
-        // A unit of the cooperative budget per batch (see `PublishFuture`).
-        tokio::task::consume_budget().await;
+        // A unit of the cooperative budget per message, as for as many publishes (see
+        // `PublishFuture`): one per batch let a task publishing batches in a loop keep its thread
+        // for 128 of them, and the workers wait for it.
+        for _ in 0..messages.len() {
+            tokio::task::consume_budget().await;
+        }
         self.reserve(room).await?;
         let now = self.clock.now();
         let mut events = Vec::with_capacity(messages.len());
@@ -493,7 +497,7 @@ impl<'a> IntoFuture for Publish<'a> {
 /// A publish spends a unit of tokio's [cooperative budget](tokio::task::coop), as a send on a
 /// tokio channel does: a task that publishes in a loop yields its thread now and then (every 128
 /// publishes by default), so that the workers, the timer and other tasks on that thread run
-/// meanwhile. `publish_batch` and `request` spend one unit each too.
+/// meanwhile. `publish_batch` spends a unit per message, `request` one.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
