@@ -218,7 +218,9 @@ impl HeraldBuilder {
 
     /// How many unfinished deliveries (scheduled ones included) the store may hold before
     /// `publish` waits and `try_publish` fails with `Full` (default: 100,000). Stores that cannot
-    /// count cheaply (see [`Store::backlog`]) are not bounded.
+    /// count cheaply (see [`Store::backlog`]) are not bounded. The [`MemoryStore`] counts exactly
+    /// up to 64 unfinished deliveries per shard and, above that, to within 16 or a sixty-fourth
+    /// (whichever is more) per shard, so a large bound may be passed by that much.
     pub fn max_pending(mut self, n: u64) -> Self {
         self.max_pending = Some(n);
         self

@@ -257,6 +257,10 @@ enum Next {
     Idle,
 }
 
+/// How many times a worker that finds nothing ready in its thread's part of the store yields
+/// before it claims from another thread's.
+const HOME_YIELDS: u32 = 3;
+
 /// How many outcomes a worker keeps back at most while it goes on to the next queued delivery.
 const DEFER_MAX: usize = 32;
 
@@ -276,7 +280,7 @@ pub(crate) async fn work(inner: Arc<Inner>) {
     let mut deferred = Vec::new();
     // This worker's copy of the subscription list (see `Subs`).
     let mut subs = inner.subs.copy();
-    let mut yielded_for_home = false;
+    let mut yielded_for_home = 0;
     loop {
         // With the memory store nothing below has to wait while work is due, so without this a
         // worker would keep its thread and starve the timer and the publishers (seen as 100 ms
@@ -346,24 +350,20 @@ async fn yielded(fut: impl std::future::Future<Output = ()>) -> bool {
 /// `claimed` is the worker's buffer for what a claim returns, kept between claims.
 /// `subs` is the worker's copy of the subscription list.
 /// `yielded_for_home`: the worker's last look found nothing here and yielded (see below).
-async fn next(
-    inner: &Arc<Inner>,
-    claimed: &mut Vec<Claimed>,
-    subs: &mut SubsCopy,
-    yielded_for_home: &mut bool,
-) -> Next {
+async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>, subs: &mut SubsCopy, yielded_for_home: &mut u32) -> Next {
     if let Some(job) = inner.pool.pop_local() {
         return Next::Run(job);
     }
-    // Nothing ready in this thread's part of the store: yield once before claiming, so that this
-    // thread's publishers run first, rather than take what another thread published (and leave
-    // its workers to take this thread's next publishes). The second time it claims wherever.
-    if !*yielded_for_home && inner.store.immediate().is_some_and(|s| !s.ready_here()) {
-        *yielded_for_home = true;
+    // Nothing ready in this thread's part of the store: yield (up to `HOME_YIELDS` times) before
+    // claiming, so that this thread's publishers run first, rather than take what another thread
+    // published (and leave its workers to take this thread's next publishes). Then it claims
+    // wherever there is work.
+    if *yielded_for_home < HOME_YIELDS && inner.store.immediate().is_some_and(|s| !s.ready_here()) {
+        *yielded_for_home += 1;
         tokio::task::yield_now().await;
         return Next::Again;
     }
-    *yielded_for_home = false;
+    *yielded_for_home = 0;
     if inner.claims_stopped.load(Ordering::SeqCst) {
         return inner.pool.steal().map_or(Next::Idle, Next::Run);
     }

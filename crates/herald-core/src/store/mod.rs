@@ -88,7 +88,7 @@ pub enum Wakeup {
 pub trait ImmediateStore: Send + Sync {
     /// Whether the part of the store that this thread publishes into may have ready deliveries;
     /// `true` (the default) for a store without such parts. A worker that finds nothing ready
-    /// here yields once before it claims, so that what this thread's publishers publish is
+    /// here yields a few times before it claims, so that what this thread's publishers publish is
     /// claimed on this thread and not by the others.
     ///
     /// ```
