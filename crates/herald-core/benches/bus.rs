@@ -17,12 +17,13 @@
 //!
 //! - throughput: 8 publisher tasks share N events; in `bus_throughput` each awaits one
 //!   `herald.publish(..)` at a time, in `bus_throughput_batch` each calls `publish_batch` with 100
-//!   messages at a time. A no-op typed handler (`u64` payload) counts the events; a round ends when all N
+//!   messages at a time. A no-op typed handler (`u64` payload) counts the events in a static sink
+//!   (no reference cloned per event), as the baseline's consumers count in theirs; a round ends when all N
 //!   were handled. Baseline: the same 8 producers feeding an unbounded `async_channel` drained by 32
 //!   consumer tasks that only count.
 //! - request/reply: 32 requester tasks, each awaiting one `herald.request(..)` at a time (the handler
-//!   returns n + 1). Baseline: 32 requesters sending `(n, oneshot::Sender)` over a tokio `mpsc` to one
-//!   server task that answers each at once.
+//!   returns n + 1, counting it in a static). Baseline: 32 requesters sending `(n, oneshot::Sender)`
+//!   over a tokio `mpsc` to one server task that counts and answers each at once.
 //! - lateness: 100,000 events published up front (`publish_batch`, 1,000 at a time) with `.at(t)`, t
 //!   uniformly random over a 5 s window that opens 1 s later (room for the publishing); the handler
 //!   compares `Instant::now()` with the instant the herald clock maps the due time to, at microsecond
@@ -142,7 +143,6 @@ fn main() {
 // Shared pieces
 
 /// Counts handled events and wakes the waiter when a round's target is reached.
-#[derive(Default)]
 struct Sink {
     count: AtomicU64,
     target: AtomicU64,
@@ -150,7 +150,21 @@ struct Sink {
     done: Notify,
 }
 
+/// The throughput case's sinks: statics, so that herald's handler counts without cloning a
+/// reference per event, as the baseline's consumers (which hold one each) count without one.
+static HERALD_SINK: Sink = Sink::new();
+static BASELINE_SINK: Sink = Sink::new();
+
 impl Sink {
+    const fn new() -> Self {
+        Sink {
+            count: AtomicU64::new(0),
+            target: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            done: Notify::const_new(),
+        }
+    }
+
     fn arm(&self, n: u64) {
         self.count.store(0, Ordering::SeqCst);
         self.target.store(n, Ordering::SeqCst);
@@ -361,32 +375,26 @@ async fn channel_round(tx: &async_channel::Sender<u64>, sink: &Sink, n: u64) -> 
 }
 
 fn throughput(rt: &Runtime, c: Option<&mut Criterion>, n: u64) {
-    let sink = Arc::new(Sink::default());
+    let (sink, base_sink) = (&HERALD_SINK, &BASELINE_SINK);
     let herald = rt.block_on(async {
         let herald = bus(n.max(1_000_000)).await;
-        let s = sink.clone();
         herald
             .subscribe("bench-sink", "bench.tick")
-            .handle(move |_: u64, _ctx: Context| {
-                let s = s.clone();
-                async move {
-                    s.hit();
-                    Ok::<_, HandlerError>(())
-                }
+            .handle(|_: u64, _ctx: Context| async {
+                HERALD_SINK.hit();
+                Ok::<_, HandlerError>(())
             })
             .await
             .unwrap();
         herald
     });
-    let base_sink = Arc::new(Sink::default());
     let (tx, rx) = async_channel::unbounded::<u64>();
     let consumers: Vec<_> = (0..WORKERS)
         .map(|_| {
             let rx = rx.clone();
-            let s = base_sink.clone();
             rt.spawn(async move {
                 while rx.recv().await.is_ok() {
-                    s.hit();
+                    BASELINE_SINK.hit();
                 }
             })
         })
@@ -404,10 +412,10 @@ fn throughput(rt: &Runtime, c: Option<&mut Criterion>, n: u64) {
     ] {
         measure(rt, g.as_mut(), name, rates, || async {
             let cpu = cpu_time();
-            let d = channel_round(&tx, &base_sink, n).await;
+            let d = channel_round(&tx, base_sink, n).await;
             base.add(n, d, cpu_time().saturating_sub(cpu));
             published.fetch_add(n, Ordering::Relaxed);
-            (n, herald_round(&herald, &sink, n, batch).await)
+            (n, herald_round(&herald, sink, n, batch).await)
         });
     }
     if let Some(g) = g {
@@ -499,19 +507,20 @@ async fn channel_rr_round(tx: &mpsc::Sender<Call>, m: u64) -> Duration {
     start.elapsed()
 }
 
+/// Requests handled, counted by herald's handler and by the baseline's server alike (a static:
+/// no reference cloned per request).
+static RPC_HANDLED: AtomicU64 = AtomicU64::new(0);
+static RPC_ANSWERED: AtomicU64 = AtomicU64::new(0);
+
 fn request_reply(rt: &Runtime, c: Option<&mut Criterion>, m: u64) {
-    let handled = Arc::new(AtomicU64::new(0));
+    let handled = &RPC_HANDLED;
     let herald = rt.block_on(async {
         let herald = bus(1_000_000).await;
-        let h = handled.clone();
         herald
             .subscribe("bench-rpc", "bench.rpc")
-            .handle(move |n: u64, _ctx: Context| {
-                let h = h.clone();
-                async move {
-                    h.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, HandlerError>(n + 1)
-                }
+            .handle(|n: u64, _ctx: Context| async move {
+                RPC_HANDLED.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, HandlerError>(n + 1)
             })
             .await
             .unwrap();
@@ -520,6 +529,7 @@ fn request_reply(rt: &Runtime, c: Option<&mut Criterion>, m: u64) {
     let (tx, mut rx) = mpsc::channel::<Call>(1024);
     let server = rt.spawn(async move {
         while let Some((n, reply)) = rx.recv().await {
+            RPC_ANSWERED.fetch_add(1, Ordering::Relaxed);
             let _ = reply.send(n + 1);
         }
     });
@@ -567,7 +577,7 @@ fn request_reply(rt: &Runtime, c: Option<&mut Criterion>, m: u64) {
 fn lateness(rt: &Runtime, n: usize, window_ms: u64) {
     const UNSEEN: i64 = i64::MIN;
     let late_us: Arc<Vec<AtomicI64>> = Arc::new((0..n).map(|_| AtomicI64::new(UNSEEN)).collect());
-    let sink = Arc::new(Sink::default());
+    let sink = Arc::new(Sink::new());
     let duplicates = Arc::new(AtomicU64::new(0));
     let base = Instant::now();
     let clock = rt.block_on(async {
