@@ -166,6 +166,12 @@ struct Lane {
     outcomes: Combining,
 }
 
+impl Lane {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The outcomes waiting for the worker that records (see `record`).
 #[derive(Default)]
 struct Combining {
@@ -198,7 +204,7 @@ impl Pool {
 
     /// The next delivery queued in this thread's lane.
     fn pop_local(&self) -> Option<Job> {
-        self.lane().queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        self.lane().queue().pop_front()
     }
 
     /// A delivery queued in another thread's lane, for a worker with nothing else to do.
@@ -208,13 +214,7 @@ impl Pool {
             return None;
         }
         let start = crate::home::number();
-        (1..n).find_map(|k| {
-            self.lanes[(start + k) % n]
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
-        })
+        (1..n).find_map(|k| self.lanes[(start + k) % n].queue().pop_front())
     }
 
     /// Wakes every idle worker to see that the runtime has stopped (`Inner::stopped` is
@@ -231,11 +231,7 @@ impl Pool {
     /// A worker whose handler is about to wait wakes another for the deliveries left in the
     /// queue (fewer workers than queued deliveries may have been woken for them, see `next`).
     pub(crate) fn hand_over(&self) {
-        if self
-            .lanes
-            .iter()
-            .any(|l| !l.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty())
-        {
+        if self.lanes.iter().any(|l| !l.queue().is_empty()) {
             self.idle.notify_one();
         }
     }
@@ -419,7 +415,7 @@ async fn next(inner: &Arc<Inner>, claimed: &mut Vec<Claimed>, subs: &mut SubsCop
     };
     let mut queued = 0;
     if drained.len() > 0 {
-        let mut queue = inner.pool.lane().queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = inner.pool.lane().queue();
         for claimed in drained {
             queue.push_back(Job {
                 claimed,
