@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! BENCH bus_memory bytes_per_event=..
-//! BENCH bus_throughput events_per_s=.. baseline_per_s=.. ratio=..
-//! BENCH bus_throughput_batch events_per_s=.. baseline_per_s=.. ratio=..
-//! BENCH bus_request_reply per_s=.. baseline_per_s=.. ratio=..
+//! BENCH bus_throughput events_per_s=.. baseline_per_s=.. ratio=.. paired_ratio=..
+//! BENCH bus_throughput_batch events_per_s=.. baseline_per_s=.. ratio=.. paired_ratio=..
+//! BENCH bus_request_reply per_s=.. baseline_per_s=.. ratio=.. paired_ratio=..
 //! BENCH bus_lateness p50_ms=.. p99_ms=.. max_ms=..
 //! ```
 //!
@@ -36,7 +36,9 @@
 //! included): one round is one pass of N events or round trips. Each herald round follows a
 //! baseline round of its own (outside criterion's timing), as in the SQLite bench, so that both
 //! medians come from the same stretch of time: on a shared machine the baseline alone moved 3x
-//! between two runs a minute apart when the two were measured one after the other.
+//! between two runs a minute apart when the two were measured one after the other. `ratio` is the
+//! ratio of the two medians; `paired_ratio` the median of each herald round's rate over its own
+//! baseline round's, which a swing of the machine spanning a pair moves less.
 //!
 //! Environment:
 //! - `HERALD_BENCH_QUICK=1` (also when run as criterion would test: `--test`, or no `--bench` as under
@@ -234,6 +236,15 @@ impl Rates {
     /// The median rate; `None` when criterion's filter skipped the case.
     fn median(&self) -> Option<f64> {
         let mut v = self.rates.lock().unwrap().clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    }
+
+    /// The median, over rounds, of this round's rate divided by the rate of `base`'s round run
+    /// just before it: a swing of the machine that spans a pair moves both of its rates.
+    fn paired_ratio(&self, base: &Rates) -> Option<f64> {
+        let (mine, base) = (self.rates.lock().unwrap(), base.rates.lock().unwrap());
+        let mut v: Vec<f64> = mine.iter().zip(base.iter()).map(|(r, b)| r / b).collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()
     }
@@ -447,10 +458,10 @@ fn throughput(rt: &Runtime, c: Option<&mut Criterion>, n: u64) {
         ("bus_throughput_batch", &batched, &batched_base),
     ] {
         // Nothing when criterion's filter skipped the case (its baseline runs with it).
-        if let (Some(r), Some(base)) = (rates.median(), base.median()) {
+        if let (Some(r), Some(b), Some(paired)) = (rates.median(), base.median(), rates.paired_ratio(base)) {
             println!(
-                "BENCH {name} events_per_s={r:.0} baseline_per_s={base:.0} ratio={:.3}",
-                r / base
+                "BENCH {name} events_per_s={r:.0} baseline_per_s={b:.0} ratio={:.3} paired_ratio={paired:.3}",
+                r / b
             );
         }
     }
@@ -563,9 +574,11 @@ fn request_reply(rt: &Runtime, c: Option<&mut Criterion>, m: u64) {
         println!("herald bench: request/reply, {name}: {}", rates.spread());
     }
     // Nothing when criterion's filter skipped the case (its baseline runs with it).
-    if let (Some(r), Some(base)) = (bus_rates.median(), baseline.median()) {
+    if let (Some(r), Some(base), Some(paired)) =
+        (bus_rates.median(), baseline.median(), bus_rates.paired_ratio(&baseline))
+    {
         println!(
-            "BENCH bus_request_reply per_s={r:.0} baseline_per_s={base:.0} ratio={:.3}",
+            "BENCH bus_request_reply per_s={r:.0} baseline_per_s={base:.0} ratio={:.3} paired_ratio={paired:.3}",
             r / base
         );
     }
