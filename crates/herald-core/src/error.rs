@@ -7,6 +7,26 @@ use crate::store::StoreError;
 use crate::topic::{SubscriptionName, Topic, TopicError};
 
 /// Publishing failed; nothing was stored.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, PublishError};
+///
+/// let herald = Herald::builder().max_pending(1).build().await?;
+/// herald.subscribe("mailer", "mail.>").handle(|_: String, _ctx| async { Ok(()) }).await?;
+///
+/// // A bad topic is refused before anything is stored.
+/// let bad = herald.publish("Mail Sent", &"x").await;
+/// assert!(matches!(bad, Err(PublishError::Topic(_))));
+///
+/// // With `max_pending` deliveries unfinished, `try_publish` fails at once (`publish` would wait).
+/// herald.publish("mail.send", &"first").delay(std::time::Duration::from_secs(60)).await?;
+/// match herald.try_publish("mail.send", &"second").await {
+///     Err(PublishError::Full { max_pending }) => assert_eq!(max_pending, 1),
+///     other => panic!("expected Full, got {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
@@ -34,6 +54,19 @@ pub enum PublishError {
 }
 
 /// Subscribing failed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, SubscribeError};
+///
+/// let herald = Herald::builder().build().await?;
+/// herald.subscribe("billing", "order.paid").handle(|_: u64, _ctx| async { Ok(()) }).await?;
+/// let again = herald.subscribe("billing", "order.*").handle(|_: u64, _ctx| async { Ok(()) }).await;
+/// assert!(matches!(again, Err(SubscribeError::Duplicate(_))));
+/// let bad = herald.subscribe("audit", "order.>.x").handle(|_: u64, _ctx| async { Ok(()) }).await;
+/// assert!(matches!(bad, Err(SubscribeError::Invalid(_))));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubscribeError {
@@ -55,6 +88,27 @@ pub enum SubscribeError {
 }
 
 /// A request got no reply.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, HandlerError, RequestError};
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder().build().await?;
+/// let nobody = herald.request::<_, u64>("price.quote", &7).await;
+/// assert!(matches!(nobody, Err(RequestError::NoHandler(_))));
+///
+/// herald
+///     .subscribe("quoter", "price.quote")
+///     .max_attempts(1)
+///     .handle(|_: u64, _ctx| async { Err::<u64, _>(HandlerError::permanent("no price list")) })
+///     .await?;
+/// match herald.request::<_, u64>("price.quote", &7).timeout(Duration::from_secs(1)).await {
+///     Err(RequestError::Failed(reason)) => assert!(reason.contains("no price list")),
+///     other => panic!("expected Failed, got {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -81,7 +135,19 @@ pub enum RequestError {
     Store(#[from] StoreError),
 }
 
-/// Any herald error.
+/// Any herald error: every operation's error converts into it, so `?` works across them.
+///
+/// ```
+/// use herald_core::{Error, Herald};
+///
+/// async fn setup() -> Result<Herald, Error> {
+///     let herald = Herald::builder().build().await?; // Error::Config
+///     herald.subscribe("audit", "order.>").handle(|_: String, _ctx| async { Ok(()) }).await?; // SubscribeError
+///     herald.publish("order.placed", &"o-1").await?; // PublishError
+///     Ok(herald)
+/// }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async { setup().await.unwrap() });
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -159,6 +159,12 @@ impl DeliveryId {
 pub struct Priority(u8);
 
 /// A priority outside `0..=10`.
+///
+/// ```
+/// use herald_core::{Priority, PriorityError};
+/// assert_eq!(Priority::new(12), Err(PriorityError(12)));
+/// assert_eq!(Priority::try_from(8), Ok(Priority::HIGH));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("priority {0} is out of range: use 0..=10 (low 1, normal 5, high 8, critical 10)")]
 pub struct PriorityError(pub u8);

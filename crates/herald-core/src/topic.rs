@@ -13,7 +13,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The longest topic or pattern, in bytes.
 pub const MAX_TOPIC_LEN: usize = 255;
 
-/// Why a topic, pattern or subscription name was refused.
+/// Why a topic, pattern or subscription name was refused. Its message says what the rule is.
+///
+/// ```
+/// use herald_core::{Pattern, Topic, TopicError};
+///
+/// let err = Topic::new("Order Paid").unwrap_err();
+/// assert!(matches!(err, TopicError::Invalid { kind: "topic", .. }));
+/// assert!(err.to_string().contains("use lowercase dotted names such as 'order.paid'"));
+/// assert!(matches!(Pattern::new(""), Err(TopicError::Empty { kind: "pattern" })));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopicError {

@@ -140,6 +140,19 @@ use crate::sql::Statements;
 ///
 /// Converts into [`StoreError`], which is how [`PostgresBuilderExt::postgres`] reports it from
 /// `build()`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use herald_postgres::{ConnectError, PostgresStore};
+///
+/// let err = PostgresStore::builder("postgres://postgres@127.0.0.1:5432/test")
+///     .schema("Orders!")
+///     .connect()
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, ConnectError::InvalidSchema(_)));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {

@@ -145,7 +145,18 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use codec::{array, bytes, corrupt, int, string};
 use scripts::Scripts;
 
-/// Connecting to Redis failed.
+/// Connecting to Redis failed. Converts into [`StoreError`], which is how
+/// [`RedisBuilderExt::redis`](crate::RedisBuilderExt::redis) reports it from `build()`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use herald_redis::{ConnectError, RedisStore};
+///
+/// let err = RedisStore::connect("http://127.0.0.1:6379").await.unwrap_err();
+/// assert!(matches!(err, ConnectError::InvalidUrl { .. }));
+/// assert!(err.to_string().contains("use redis://host:port/db"));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {

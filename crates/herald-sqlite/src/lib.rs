@@ -80,6 +80,20 @@ use crate::writer::{Command, Reply, Writer};
 ///
 /// Converts into [`StoreError`], which is how [`SqliteBuilderExt::sqlite`] reports it from
 /// `build()`.
+///
+/// ```
+/// use herald_sqlite::{OpenError, SqliteStore};
+///
+/// let dir = std::env::temp_dir().join(format!("herald-doc-open-error-{}", std::process::id()));
+/// let first = SqliteStore::open(dir.join("events.db"))?;
+/// match SqliteStore::open(dir.join("events.db")) {
+///     Err(e @ OpenError::Locked { .. }) => assert!(e.to_string().contains("in use by another process")),
+///     other => panic!("expected Locked, got {other:?}"),
+/// }
+/// drop(first);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), OpenError>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {

@@ -152,7 +152,23 @@ pub struct CronTick {
     pub tick: Timestamp,
 }
 
-/// The payload of `cron.task.created`, `cron.task.updated` and `cron.task.deleted`.
+/// The payload of `cron.task.created`, `cron.task.updated` and `cron.task.deleted`; subscribe to
+/// `cron.task.*` for these, `cron.task.executed` ([`CronTaskExecuted`]) and `cron.task.failed`
+/// ([`CronTaskFailed`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use herald_core::{CronTaskChanged, Herald, CRON_CREATED_TOPIC};
+/// let herald = Herald::builder().build().await?;
+/// herald
+///     .subscribe("cron-audit", CRON_CREATED_TOPIC)
+///     .handle(|change: CronTaskChanged, _ctx| async move {
+///         println!("{} created '{}' ({})", change.node, change.name, change.expression);
+///         Ok(())
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
 ///
 /// A schedule lives in each runtime that declares it, so each node announces its own changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +239,18 @@ pub struct CronRun {
 }
 
 /// A schedule as [`Herald::crons`] lists it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use herald_core::Herald;
+/// let herald = Herald::builder().build().await?;
+/// herald.cron("hourly-sync", "0 * * * *").topic("sync.run").await?;
+/// let info = herald.cron_info("hourly-sync").await?.expect("declared above");
+/// assert_eq!((info.topic.as_str(), info.paused), ("sync.run", false));
+/// assert!(info.next.windows(2).all(|w| w[1].as_millis() - w[0].as_millis() == 3_600_000));
+/// assert!(info.last.is_none(), "no tick has fired yet");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CronInfo {
@@ -250,6 +278,20 @@ pub struct CronInfo {
 /// the same name, announcing `cron.task.updated`) and returns its [`CronHandle`].
 ///
 /// Errors (an invalid expression, time zone, name or topic) are reported when awaited.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use herald_core::{Herald, Missed};
+/// let herald = Herald::builder().build().await?;
+/// let handle = herald
+///     .cron("digest", "30 8 * * mon-fri")
+///     .topic("mail.digest")
+///     .tz("America/New_York")
+///     .missed(Missed::Skip)
+///     .await?;
+/// assert_eq!(handle.name(), "digest");
+/// # Ok(()) }
+/// ```
 #[must_use = "a schedule does nothing until it is awaited"]
 pub struct CronBuilder<'a> {
     herald: &'a Herald,

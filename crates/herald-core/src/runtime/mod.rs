@@ -95,6 +95,22 @@ pub struct DeadLetter {
 }
 
 /// The payload of `system.startup` and `system.shutdown`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, Lifecycle, SHUTDOWN_TOPIC, STARTUP_TOPIC};
+///
+/// let herald = Herald::builder().node("api-1").build().await?;
+/// herald
+///     .subscribe("lifecycle-log", "system.*")
+///     .handle(|life: Lifecycle, ctx| async move {
+///         println!("{} on {} at {}", ctx.topic(), life.node, life.at);
+///         Ok(())
+///     })
+///     .await?;
+/// assert_eq!((STARTUP_TOPIC, SHUTDOWN_TOPIC), ("system.startup", "system.shutdown"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Lifecycle {
@@ -105,6 +121,20 @@ pub struct Lifecycle {
 }
 
 /// What [`Herald::shutdown`] left behind.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::Herald;
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder().build().await?;
+/// herald.subscribe("slow", "report.build").handle(|_: u32, _ctx| async { Ok(()) }).await?;
+/// herald.publish("report.build", &1).delay(Duration::from_secs(3600)).await?;
+/// let report = herald.shutdown(Duration::from_secs(5)).await;
+/// assert_eq!(report.interrupted, 0, "no attempt was cut short");
+/// assert_eq!(report.unfinished, Some(1), "the delayed event never ran");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {

@@ -460,6 +460,25 @@ macro_rules! message_options {
 /// A publish in the making: options chain, `.await` publishes and returns the event's id.
 ///
 /// Made by [`Herald::publish`] and [`Herald::try_publish`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, Priority};
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder().build().await?;
+/// let id = herald
+///     .publish("invoice.remind", &"inv-42")
+///     .delay(Duration::from_secs(3600))
+///     .priority(Priority::HIGH)
+///     .key("remind-inv-42") // a second publish with this key returns this id
+///     .ttl(Duration::from_secs(600))
+///     .header("tenant", "acme")
+///     .await?;
+/// let again = herald.publish("invoice.remind", &"inv-42").key("remind-inv-42").await?;
+/// assert_eq!(again, id);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "nothing is published until the publish is awaited"]
 pub struct Publish<'a> {
@@ -703,7 +722,30 @@ impl Herald {
 }
 
 /// A request in the making: `.await` publishes it and waits for the reply. Made by
-/// [`Herald::request`].
+/// [`Herald::request`]; it takes the options of a [`Publish`] (but `ttl`: the timeout is its TTL).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Herald, Priority, RequestError};
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder().build().await?;
+/// herald
+///     .subscribe("slowpoke", "report.render")
+///     .handle(|_: u32, _ctx| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await;
+///         Ok("done")
+///     })
+///     .await?;
+/// let reply = herald
+///     .request::<_, String>("report.render", &7)
+///     .priority(Priority::HIGH)
+///     .timeout(Duration::from_millis(50))
+///     .await;
+/// // Timed out: the request is expired and will not be handled later.
+/// assert!(matches!(reply, Err(RequestError::Timeout(_))));
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "nothing is sent until the request is awaited"]
 pub struct Request<'a, R> {

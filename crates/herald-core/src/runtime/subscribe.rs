@@ -74,6 +74,26 @@ impl fmt::Debug for LocalSub {
 /// Made by [`Herald::subscribe`]. Defaults: 5 attempts, exponential backoff from 1 s up to 10
 /// minutes with full jitter, a 30 s timeout per attempt, no concurrency limit of its own (the
 /// runtime's `workers` bound applies), the runtime's lease.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{Backoff, Context, HandlerError, Herald};
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder().build().await?;
+/// herald
+///     .subscribe("shipping", "order.paid")
+///     .max_attempts(8)
+///     .backoff(Backoff::exponential(Duration::from_millis(500)).cap(Duration::from_secs(60)))
+///     .timeout(Duration::from_secs(10))
+///     .concurrency(4) // at most 4 of its handlers at once
+///     .handle(|order: u64, ctx: Context| async move {
+///         println!("shipping order {order}, attempt {}", ctx.attempt());
+///         Ok::<_, HandlerError>(())
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[must_use = "a subscription does nothing until a handler is given and awaited"]
 pub struct SubscriptionBuilder<'a> {
     herald: &'a Herald,

@@ -370,7 +370,7 @@ pub enum AttemptOutcome {
     LeaseExpired,
 }
 
-/// One attempt of a delivery.
+/// One attempt of a delivery: see [`EventRecord`] for reading them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Attempt {
@@ -399,7 +399,7 @@ impl Attempt {
     }
 }
 
-/// A delivery and its history.
+/// A delivery and its history: see [`EventRecord`] for reading them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeliveryRecord {
@@ -438,7 +438,36 @@ impl DeliveryRecord {
     }
 }
 
-/// An event with its deliveries.
+/// An event with its deliveries (one per matching subscription) and each delivery's attempts, as
+/// [`Herald::get`](crate::Herald::get) and [`Herald::events`](crate::Herald::events) return it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{AttemptOutcome, Backoff, DeliveryStatus, EventStatus, HandlerError, Herald};
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder().build().await?;
+/// herald
+///     .subscribe("flaky", "job.run")
+///     .backoff(Backoff::fixed(Duration::from_millis(10)))
+///     .handle(|_: u32, ctx| async move {
+///         if ctx.attempt() == 1 { Err(HandlerError::msg("warming up")) } else { Ok(()) }
+///     })
+///     .await?;
+/// let id = herald.publish("job.run", &1).await?;
+/// tokio::time::sleep(Duration::from_secs(1)).await;
+///
+/// let record = herald.get(id).await?.expect("kept by retention");
+/// assert_eq!(record.status, EventStatus::Succeeded);
+/// let delivery = &record.deliveries[0];
+/// assert_eq!((delivery.subscription.as_str(), delivery.status), ("flaky", DeliveryStatus::Succeeded));
+/// let outcomes: Vec<_> = delivery.attempts.iter().map(|a| (a.number, a.outcome, a.error.as_deref())).collect();
+/// assert_eq!(outcomes, [
+///     (1, Some(AttemptOutcome::Failed), Some("warming up")),
+///     (2, Some(AttemptOutcome::Succeeded), None),
+/// ]);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EventRecord {
@@ -553,6 +582,32 @@ impl Default for PageRequest {
 }
 
 /// One page of results, and the cursor of the next one.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::Herald;
+///
+/// let herald = Herald::builder().build().await?;
+/// for n in 0..25 {
+///     herald.publish("audit.login", &n).await?;
+/// }
+/// // Keyset pages: each page's `next` is the cursor of the one after it.
+/// let (mut seen, mut cursor) = (0, None);
+/// loop {
+///     let mut query = herald.events().topic("audit.*").limit(10);
+///     if let Some(after) = cursor {
+///         query = query.after(after);
+///     }
+///     let page = query.await?;
+///     seen += page.items.len();
+///     match page.next {
+///         Some(next) => cursor = Some(next),
+///         None => break,
+///     }
+/// }
+/// assert_eq!(seen, 25);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Page<T> {
@@ -580,7 +635,25 @@ impl Page<EventRecord> {
     }
 }
 
-/// Counts by status.
+/// Counts by status, from [`Herald::stats`](crate::Herald::stats).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), herald_core::Error> {
+/// use herald_core::{DeliveryStatus, Herald};
+/// use std::time::Duration;
+///
+/// let herald = Herald::builder().system_events(false).build().await?;
+/// herald.subscribe("a", "order.*").handle(|_: u32, _ctx| async { Ok(()) }).await?;
+/// herald.subscribe("b", "order.paid").handle(|_: u32, _ctx| async { Ok(()) }).await?;
+/// herald.publish("order.paid", &1).delay(Duration::from_secs(60)).await?;
+/// herald.publish("user.created", &2).await?;
+///
+/// let stats = herald.stats().await?;
+/// assert_eq!((stats.events, stats.unrouted), (2, 1));
+/// assert_eq!(stats.deliveries.get(DeliveryStatus::Scheduled), 2);
+/// assert_eq!(stats.deliveries.open(), 2);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Stats {
