@@ -407,6 +407,67 @@ async fn concurrency_limits_are_never_exceeded() {
     );
 }
 
+/// On two threads, attempts end on both and give their units of the limit back on their own
+/// thread's line: the limit still holds, and no unit given back is lost (every event runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_hold_across_threads() {
+    const EVENTS: usize = 20_000;
+    let herald = Herald::builder()
+        .system_events(false)
+        .workers(16)
+        .build()
+        .await
+        .unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(tokio::sync::Notify::new());
+    let (r, p, d, n) = (running.clone(), peak.clone(), done.clone(), all_done.clone());
+    herald
+        .subscribe("limited", "job.quick")
+        .concurrency(3)
+        .handle(move |_: u32, _ctx: Context| {
+            let (running, peak, done, all_done) = (r.clone(), p.clone(), d.clone(), n.clone());
+            async move {
+                peak.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                // Let the other attempts of the moment start, if the limit let them.
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+                if done.fetch_add(1, Ordering::SeqCst) + 1 == EVENTS {
+                    all_done.notify_one();
+                }
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let herald = herald.clone();
+            tokio::spawn(async move {
+                for i in (p..EVENTS).step_by(4) {
+                    herald.publish("job.quick", &(i as u32)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let finished = all_done.notified();
+    if done.load(Ordering::SeqCst) < EVENTS {
+        timeout(Duration::from_secs(60), finished)
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {EVENTS} handled", done.load(Ordering::SeqCst)));
+    }
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 3, "at most 3 at once, saw {peak}");
+    let report = herald.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.unfinished, Some(0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn backpressure_waits_or_fails_when_full() {
     let herald = Herald::builder()

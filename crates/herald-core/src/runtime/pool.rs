@@ -71,7 +71,7 @@ impl Slot {
     /// (recording its outcome) goes on with the subscription at hand.
     pub(crate) fn free(&self) {
         if self.held.replace(false) {
-            self.sub.demand.running.fetch_sub(1, Ordering::AcqRel);
+            self.sub.demand.free_one();
         }
     }
 }
@@ -87,8 +87,15 @@ impl Drop for Slot {
 pub(crate) struct Demand {
     /// How many of its attempts may run at once.
     pub(crate) limit: usize,
-    /// Its deliveries claimed and not finished.
-    pub(crate) running: AtomicUsize,
+    /// Units of the limit taken: its deliveries claimed and not finished, plus the units freed
+    /// into `freed` and not yet taken back from there. Never less than what runs, so the limit
+    /// holds.
+    running: AtomicUsize,
+    /// Units freed by finished attempts, one counter per runtime thread: a finishing attempt adds
+    /// to its own thread's line instead of writing the line of `running`, which the other
+    /// threads' attempts and claims write too. A claim that the limit would cut short takes them
+    /// back first (see `reserve`).
+    freed: Box<[Padded<AtomicUsize>]>,
     /// Something may be due: set by wakeups, cleared by the claim that found nothing more.
     /// Shared: publishers keep copies of every subscription's mark (see `Inner::notify_due`).
     pub(crate) due: Arc<AtomicBool>,
@@ -102,10 +109,13 @@ pub(crate) struct Demand {
 }
 
 impl Demand {
-    pub(crate) fn new(limit: usize) -> Self {
+    /// The demand of a subscription allowed `limit` attempts at once, in a runtime of `threads`
+    /// threads.
+    pub(crate) fn new(limit: usize, threads: usize) -> Self {
         Demand {
             limit: limit.max(1),
             running: AtomicUsize::new(0),
+            freed: (0..threads.max(1)).map(|_| Padded(AtomicUsize::new(0))).collect(),
             due: Arc::new(AtomicBool::new(true)),
             claiming: AtomicBool::new(false),
             failures: AtomicU32::new(0),
@@ -116,8 +126,18 @@ impl Demand {
     /// Takes up to `n` units of the limit; returns how many it took.
     pub(crate) fn reserve(&self, n: usize) -> usize {
         let mut current = self.running.load(Ordering::Acquire);
+        let mut collected = false;
         loop {
             let take = n.min(self.limit.saturating_sub(current));
+            if take < n && !collected {
+                // The limit binds: take back the units finished attempts freed, then look again.
+                collected = true;
+                let freed: usize = self.freed.iter().map(|f| f.swap(0, Ordering::AcqRel)).sum();
+                if freed > 0 {
+                    current = self.running.fetch_sub(freed, Ordering::AcqRel) - freed;
+                    continue;
+                }
+            }
             if take == 0 {
                 return 0;
             }
@@ -131,10 +151,18 @@ impl Demand {
         }
     }
 
+    /// Gives back `n` units not used (of a claim that got fewer deliveries than it reserved).
     pub(crate) fn release(&self, n: usize) {
         if n > 0 {
             self.running.fetch_sub(n, Ordering::AcqRel);
         }
+    }
+
+    /// Gives back the unit of an attempt that ended, on this thread's line.
+    fn free_one(&self) {
+        let n = self.freed.len();
+        let i = if n == 1 { 0 } else { crate::home::number() % n };
+        self.freed[i].fetch_add(1, Ordering::Release);
     }
 }
 
@@ -193,6 +221,11 @@ impl Pool {
             cursor: AtomicUsize::new(0),
             threads,
         }
+    }
+
+    /// How many threads the pool keeps a lane for.
+    pub(crate) fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// The lane of the thread this runs on.

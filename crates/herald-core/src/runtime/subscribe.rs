@@ -203,7 +203,7 @@ impl SubscriptionBuilder<'_> {
         let sub = Arc::new(LocalSub {
             metrics: inner.metrics.subscription(&name),
             lease: policy.lease.unwrap_or(inner.lease),
-            demand: Demand::new(policy.concurrency.unwrap_or(inner.worker_count)),
+            demand: Demand::new(policy.concurrency.unwrap_or(inner.worker_count), inner.pool.lanes()),
             name: name.clone(),
             pattern,
             policy,
