@@ -1030,32 +1030,38 @@ impl State {
 
     /// Evicts what has been finished longer than `retain_for`, then, while the store's finished
     /// events (`total`, over all shards) are more than `retain_max`, this shard's oldest.
+    ///
+    /// Nothing more when this shard's count of finished events has not moved (a publish, mostly):
+    /// a shard whose own count grew is the one that brings the total back under the limit, and
+    /// `total` is a line every shard writes, which a read at every publish would miss.
     fn enforce_retention(&mut self, now: Timestamp, total: &AtomicUsize) {
         let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(self.retain_for_ms));
         while self.pop_finished(Some(cutoff)).is_some() {}
-        let mut all = self.report_finished(total);
+        let Some(all) = self.report_finished(total) else {
+            return;
+        };
         if all > self.retain_max {
             let mut over = all - self.retain_max;
             while over > 0 && self.pop_finished(None).is_some() {
                 over -= 1;
             }
-            all = self.report_finished(total);
+            self.report_finished(total);
         }
-        let _ = all;
     }
 
     /// Brings the store's count of finished events up to date with this shard's; returns the
-    /// count. With one shard it is this shard's own.
-    fn report_finished(&mut self, total: &AtomicUsize) -> usize {
+    /// count, or `None` when this shard's has not changed since it last reported. With one shard
+    /// the count is this shard's own.
+    fn report_finished(&mut self, total: &AtomicUsize) -> Option<usize> {
         let mine = self.finished.len();
         let before = self.reported_finished;
         self.reported_finished = mine;
         if mine > before {
-            total.fetch_add(mine - before, Ordering::Relaxed) + (mine - before)
+            Some(total.fetch_add(mine - before, Ordering::Relaxed) + (mine - before))
         } else if mine < before {
-            total.fetch_sub(before - mine, Ordering::Relaxed) - (before - mine)
+            Some(total.fetch_sub(before - mine, Ordering::Relaxed) - (before - mine))
         } else {
-            total.load(Ordering::Relaxed)
+            None
         }
     }
 
