@@ -146,7 +146,7 @@ use codec::{array, bytes, corrupt, int, string};
 use scripts::Scripts;
 
 /// Connecting to Redis failed. Converts into [`StoreError`], which is how
-/// [`RedisBuilderExt::redis`](crate::RedisBuilderExt::redis) reports it from `build()`.
+/// [`RedisBuilderExt::redis`] reports it from `build()`.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
