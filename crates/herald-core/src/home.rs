@@ -31,6 +31,16 @@ pub(crate) fn number() -> usize {
     n
 }
 
+/// This thread's place among `n` (its shard, its lane): its number modulo `n`, without asking for
+/// the number when there is one place.
+pub(crate) fn place(n: usize) -> usize {
+    if n <= 1 {
+        0
+    } else {
+        number() % n
+    }
+}
+
 /// Gives this thread `number` (tests that need work in a given shard or lane).
 #[cfg(test)]
 pub(crate) fn set_number(number: usize) {

@@ -160,9 +160,7 @@ impl Demand {
 
     /// Gives back the unit of an attempt that ended, on this thread's line.
     fn free_one(&self) {
-        let n = self.freed.len();
-        let i = if n == 1 { 0 } else { crate::home::number() % n };
-        self.freed[i].fetch_add(1, Ordering::Release);
+        self.freed[crate::home::place(self.freed.len())].fetch_add(1, Ordering::Release);
     }
 }
 
@@ -230,9 +228,7 @@ impl Pool {
 
     /// The lane of the thread this runs on.
     fn lane(&self) -> &Lane {
-        let n = self.lanes.len();
-        let i = if n == 1 { 0 } else { crate::home::number() % n };
-        &self.lanes[i]
+        &self.lanes[crate::home::place(self.lanes.len())]
     }
 
     /// The next delivery queued in this thread's lane.

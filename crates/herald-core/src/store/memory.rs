@@ -183,11 +183,7 @@ impl MemoryStore {
 
     /// This thread's shard.
     fn home(&self) -> usize {
-        let n = self.shards.len();
-        if n == 1 {
-            return 0;
-        }
-        crate::home::number() % n
+        crate::home::place(self.shards.len())
     }
 
     /// Where `event` goes: this thread's shard. And whether the other shards must first be asked
